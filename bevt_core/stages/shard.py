@@ -1,0 +1,202 @@
+"""Stage ``shard``: videos or images -> WebDataset tar shards + Parquet manifest.
+
+Input item ``i`` always goes to shard ``i // samples_per_shard``, so the plan does not depend on
+parallelism or on which items get rejected, and a rerun with the same arguments finds the
+shards an interrupted run finished (their part files exist) and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bevt_core.config import ConfigError, at_least, between, non_empty, option
+from bevt_core.data import manifest, storage
+from bevt_core.data.decode import REASONS
+from bevt_core.data.inputs import IMAGE_EXTS, VIDEO_EXTS, read_inputs
+from bevt_core.data.sharding import EncodeSettings, ShardReport, ShardTask, part_uri, write_shard
+
+
+@dataclass
+class ShardConfig:
+    input: str = option(help="What to shard: an annotation list ('relative/path label' per line, K400/Diving48 "
+                        "style), an SSv2-style JSON list, or a local folder with one subfolder per class. "
+                        "Local path or s3://bucket/key.", check=non_empty)
+    output: str = option(help="Directory or s3://bucket/prefix for the shards, manifest.parquet, "
+                         "rejects.parquet and classes.json.", check=non_empty)
+    root: str = option("", help="Directory or s3:// prefix the paths in the list are relative to. "
+                       "Default: the folder holding the list.")
+    modality: str = option("video", help="What the inputs are.", choices=("video", "image"))
+    classes: str = option("", help="Class names in index order: a JSON list, a JSON {name: index} map, or one "
+                          "name per line. Default: integer labels name themselves, names are sorted.")
+    frame_interval: int = option(1, help="Keep every k-th frame (temporal stride): BEVT pretraining samples at "
+                                 "interval 8, the K400 finetune at 2, SSv2 uses every frame.", check=at_least(1))
+    max_frames: int = option(0, help="Keep at most this many frames per video (0: no cap).", check=at_least(0))
+    min_frames: int = option(2, help="Reject videos with fewer decodable frames than this.", check=at_least(1))
+    short_side: int = option(320, help="Cap the short side of stored frames at this many pixels (area "
+                             "resampling; never upscales; 0 keeps the source size). BEVT crops 224 after "
+                             "rescaling to 256-320.", check=at_least(0))
+    jpeg_quality: int = option(90, help="JPEG quality of the stored frames.", check=between(1, 100))
+    samples_per_shard: int = option(64, help="Input items per shard (rejected items leave gaps).",
+                                    check=at_least(1))
+    prefix: str = option("shard", help="Shard names are '{prefix}-{index:06d}.tar'.", check=non_empty)
+    video_ext: str = option(".webm", help="File extension appended to SSv2-style JSON ids.")
+    workers: int = option(0, help="Parallel worker processes (0: one per CPU core).", check=at_least(0))
+    max_reject_rate: float = option(0.05, help="Fail (non-zero exit) when more than this fraction of the inputs "
+                                    "is rejected; the outputs are still written for inspection.",
+                                    check=between(0.0, 1.0))
+    progress: bool = option(True, help="Show a progress bar on stderr.")
+
+    def check(self) -> str | None:
+        if any(ch in self.prefix for ch in "/.\\ "):
+            return "prefix: must not contain '/', '.', '\\' or spaces"
+        return None
+
+
+@dataclass
+class ShardResult:
+    output: str
+    items: int
+    ok: int
+    rejected: int
+    frames: int
+    bytes: int
+    shards: int
+    seconds: float
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    resumed_shards: int = 0
+    failed: str = ""  # non-empty: why the stage counts as failed (reject rate over the limit)
+
+    def summary(self) -> str:
+        rate = self.items / self.seconds if self.seconds else 0.0
+        lines = [
+            f"shard: {self.ok}/{self.items} items in {self.shards} shards -> {self.output}",
+            f"  frames {self.frames}, {self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s "
+            f"({rate:.1f} items/s, {self.frames / max(self.seconds, 1e-9):.0f} frames/s)"
+            + (f", {self.resumed_shards} shards reused from an earlier run" if self.resumed_shards else ""),
+        ]
+        if self.rejected:
+            lines.append(f"  rejected {self.rejected} ({self.rejected / max(self.items, 1):.1%}); see rejects.parquet:")
+            for reason, n in sorted(self.rejects_by_reason.items(), key=lambda kv: -kv[1]):
+                lines.append(f"    {reason:16s} {n:6d}  {REASONS.get(reason, '')}")
+        if self.failed:
+            lines.append(f"  FAILED: {self.failed}")
+        return "\n".join(lines)
+
+
+# Only what changes the bytes written belongs in the fingerprint (not workers or progress).
+_CONTENT_FIELDS = ("input", "root", "modality", "classes", "frame_interval", "max_frames", "min_frames",
+                   "short_side", "jpeg_quality", "samples_per_shard", "prefix", "video_ext")
+
+
+def _check_same_settings(cfg: ShardConfig, items_digest: str) -> None:
+    """Refuse to mix shards made with different settings in one output; record them otherwise."""
+    settings = {k: getattr(cfg, k) for k in _CONTENT_FIELDS} | {"input_items_sha256": items_digest}
+    uri = storage.join(cfg.output, manifest.PARTS, "settings.json")
+    if storage.exists(uri):
+        earlier = json.loads(storage.read_bytes(uri))
+        changed = [k for k in settings if earlier.get(k) != settings[k]]
+        if changed:
+            raise ConfigError(f"{changed[0]}: {cfg.output} already holds shards made with "
+                              f"{changed[0]}={earlier.get(changed[0])!r}; use another --output or delete it")
+        return
+    storage.write_bytes(uri, json.dumps(settings, indent=1).encode())
+
+
+def _clean_leftovers(output: str) -> None:
+    """Remove temporaries of a killed run; on S3 abort its unfinished multipart uploads."""
+    if storage.is_s3(output):
+        bucket, key = storage.split_s3(output)
+        client = storage.s3_client()
+        uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=key.rstrip("/") + "/").get("Uploads", [])
+        for up in uploads:
+            client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+        return
+    for tmp in Path(output).glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def run(cfg: ShardConfig) -> ShardResult:
+    start = time.perf_counter()
+    root = cfg.root or (os.path.dirname(cfg.input) if not Path(cfg.input).is_dir() else cfg.input)
+    exts = VIDEO_EXTS if cfg.modality == "video" else IMAGE_EXTS
+    try:
+        items, classes = read_inputs(cfg.input, cfg.classes, cfg.video_ext, exts)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"input: {e}") from None
+    if not items:
+        raise ConfigError(f"input: {cfg.input} lists no items")
+    digest = hashlib.sha256("\n".join(f"{i.source}\t{i.raw_label}" for i in items).encode()).hexdigest()
+
+    storage.make_local_dirs(cfg.output)
+    _check_same_settings(cfg, digest)
+    _clean_leftovers(cfg.output)
+
+    seen, duplicates = set(), set()
+    for item in (i for i in items if not i.problem):
+        if item.source in seen:
+            duplicates.add(item.index)
+        seen.add(item.source)
+    settings = EncodeSettings(cfg.modality, root, cfg.frame_interval, cfg.max_frames, cfg.min_frames,
+                              cfg.short_side, cfg.jpeg_quality)
+    n = cfg.samples_per_shard
+    tasks = [ShardTask(i, cfg.prefix, cfg.output, items[i * n:(i + 1) * n], settings,
+                       frozenset(d for d in duplicates if i * n <= d < (i + 1) * n))
+             for i in range((len(items) + n - 1) // n)]
+
+    reports = _run_tasks(tasks, cfg.workers or os.cpu_count() or 1, cfg.progress)
+    rows = []
+    for task in tasks:
+        rows.extend(manifest.read_table(part_uri(cfg.output, cfg.prefix, task.index)).to_pylist())
+    rows.sort(key=lambda r: r["index"])
+    manifest.write_final(cfg.output, rows, classes)
+
+    rejects = Counter()
+    for r in reports:
+        rejects.update(r.rejects)
+    result = ShardResult(
+        output=cfg.output, items=len(items), ok=sum(r.ok for r in reports), rejected=sum(rejects.values()),
+        frames=sum(r.frames for r in reports), bytes=sum(r.bytes for r in reports),
+        shards=sum(1 for r in reports if r.ok), seconds=time.perf_counter() - start,
+        rejects_by_reason=dict(rejects), resumed_shards=sum(r.skipped for r in reports))
+    if result.rejected / result.items > cfg.max_reject_rate:
+        result.failed = (f"{result.rejected} of {result.items} inputs rejected "
+                         f"({result.rejected / result.items:.1%} > max_reject_rate {cfg.max_reject_rate:.1%})")
+    return result
+
+
+def _run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[ShardReport]:
+    total = sum(len(t.items) for t in tasks)
+    bar = tqdm(total=total, unit="item", desc="shard", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    reports = []
+
+    def done(report: ShardReport) -> None:
+        reports.append(report)
+        bar.update(report.items)
+        bar.set_postfix(ok=sum(r.ok for r in reports), rejected=sum(sum(r.rejects.values()) for r in reports))
+
+    with bar:
+        if workers <= 1 or len(tasks) == 1:
+            for t in tasks:
+                done(write_shard(t))
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=_worker_init) as pool:
+                for fut in as_completed([pool.submit(write_shard, t) for t in tasks]):
+                    done(fut.result())
+    return sorted(reports, key=lambda r: r.index)
+
+
+def _worker_init() -> None:
+    # One process per core already: threads inside OpenCV would only oversubscribe.
+    import cv2
+
+    cv2.setNumThreads(1)

