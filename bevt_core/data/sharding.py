@@ -1,27 +1,21 @@
-"""Turn one planned shard's input items into a finished tar plus its part of the manifest.
-
-A shard is complete exactly when its part file ``_parts/<shard>.parquet`` exists: the tar is
-written to a temporary name (or a local temp file for S3), moved into place atomically, and only
-then is the part file written. A stage killed at any moment therefore leaves finished shards,
-which a rerun skips, and invisible temporaries, which it ignores.
-"""
+"""Turn one planned shard's input items into a finished tar plus its part of the manifest
+(done-ness and atomicity: :mod:`bevt_core.data.jobs`)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bevt_core.data import manifest, storage
+from bevt_core.data import jobs, manifest, storage
 from bevt_core.data.decode import (RejectedInput, check_file, decode_image, decode_video, encode_jpeg,
                                    resize_short_side)
 from bevt_core.data.inputs import InputItem
-from bevt_core.data.shards import Sample, ShardWriter, shard_name
+from bevt_core.data.shards import Sample, ShardWriter, sample_members, shard_name
 
 
 @dataclass(frozen=True)
@@ -55,10 +49,6 @@ class ShardReport:
     rejects: Counter = field(default_factory=Counter)
     decode_seconds: float = 0.0
     skipped: bool = False  # already complete from an earlier run
-
-
-def part_uri(output: str, prefix: str, index: int) -> str:
-    return storage.join(output, manifest.PARTS, shard_name(prefix, index).replace(".tar", ".parquet"))
 
 
 def sample_key(source: str) -> str:
@@ -114,48 +104,35 @@ def _encode_item(item: InputItem, settings: EncodeSettings) -> tuple[Sample, dic
 def write_shard(task: ShardTask) -> ShardReport:
     """Encode the task's items into ``<prefix>-<index>.tar`` and its part file; skip if done."""
     report = ShardReport(task.index, items=len(task.items))
-    part = part_uri(task.output, task.prefix, task.index)
-    if storage.exists(part):
-        rows = manifest.read_table(part).to_pylist()
-        report.skipped = True
-        _count(report, rows)
-        return report
     name = shard_name(task.prefix, task.index)
-    local_dir = None if storage.is_s3(task.output) else Path(task.output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=local_dir)
+    part = jobs.part_uri(task.output, name[:-len(".tar")])
+    if storage.exists(part):
+        report.skipped = True
+        _count(report, manifest.read_table(part).to_pylist())
+        return report
     rows = []
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = ShardWriter(f)
-            for item in task.items:
-                base = dict(index=item.index, source=item.source, label=item.label, raw_label=item.raw_label)
-                start = time.perf_counter()
-                try:
-                    if item.problem:
-                        raise RejectedInput("bad_label", item.problem)
-                    if item.index in task.duplicates:
-                        raise RejectedInput("duplicate", f"{item.source} appears earlier in the input")
-                    sample, info = _encode_item(item, task.settings)
-                except RejectedInput as e:
-                    rows.append(dict(base, status="rejected", reason=e.reason, detail=e.detail))
-                    continue
-                finally:
-                    report.decode_seconds += time.perf_counter() - start
-                offset, nbytes = writer.write(sample, task.settings.modality == "video")
-                rows.append(dict(base, **info, key=sample.key, shard=name, offset=offset, bytes=nbytes,
-                                 status="ok", reason="", detail=""))
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; shards are meant to be shared
-        if any(r["status"] == "ok" for r in rows):
-            if local_dir is None:
-                storage.put_file(tmp, storage.join(task.output, name))
-            else:
-                os.replace(tmp, local_dir / name)
-        storage.write_bytes(part, manifest.rows_to_parquet(rows))
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with jobs.atomic_tar(task.output, name) as f:
+        writer = ShardWriter(f)
+        for item in task.items:
+            base = dict(index=item.index, source=item.source, label=item.label, raw_label=item.raw_label)
+            start = time.perf_counter()
+            try:
+                if item.problem:
+                    raise RejectedInput("bad_label", item.problem)
+                if item.index in task.duplicates:
+                    raise RejectedInput("duplicate", f"{item.source} appears earlier in the input")
+                sample, info = _encode_item(item, task.settings)
+            except RejectedInput as e:
+                rows.append(dict(base, status="rejected", reason=e.reason, detail=e.detail))
+                continue
+            finally:
+                report.decode_seconds += time.perf_counter() - start
+            offset, nbytes = writer.write(sample.key, sample_members(sample, task.settings.modality == "video"))
+            rows.append(dict(base, **info, key=sample.key, shard=name, offset=offset, bytes=nbytes,
+                             status="ok", reason="", detail=""))
+        writer.close()
+        f.keep = any(r["status"] == "ok" for r in rows)
+    storage.write_bytes(part, manifest.rows_to_parquet(rows))
     _count(report, rows)
     return report
 

@@ -33,32 +33,31 @@ class Sample:
 
 
 class ShardWriter:
-    """Writes samples to a tar file object, recording where each one lands."""
+    """Writes samples (runs of members sharing a key) to a tar file object, recording where each lands."""
 
     def __init__(self, fileobj: BinaryIO):
         self._tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT)
 
-    def _add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o444
-        info.mtime = 0
-        self._tar.addfile(info, io.BytesIO(data))
-
-    def write(self, sample: Sample, is_video: bool) -> tuple[int, int]:
-        """Append one sample; returns its (offset, bytes) in the tar."""
+    def write(self, key: str, members: list[tuple[str, bytes]]) -> tuple[int, int]:
+        """Append ``<key>.<ext>`` for each (ext, data); returns the sample's (offset, bytes) in the tar."""
         start = self._tar.offset
-        self._add(f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode())
-        self._add(f"{sample.key}.cls", str(sample.label).encode())
-        if is_video:
-            for i, jpeg in enumerate(sample.jpegs):
-                self._add(f"{sample.key}.{i:04d}.jpg", jpeg)
-        else:
-            self._add(f"{sample.key}.jpg", sample.jpegs[0])
+        for ext, data in members:
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mode = 0o444
+            info.mtime = 0
+            self._tar.addfile(info, io.BytesIO(data))
         return start, self._tar.offset - start
 
     def close(self) -> None:
         self._tar.close()
+
+
+def sample_members(sample: Sample, is_video: bool) -> list[tuple[str, bytes]]:
+    members = [("json", json.dumps(sample.meta, sort_keys=True).encode()), ("cls", str(sample.label).encode())]
+    if is_video:
+        return members + [(f"{i:04d}.jpg", jpeg) for i, jpeg in enumerate(sample.jpegs)]
+    return members + [("jpg", sample.jpegs[0])]
 
 
 def _members(buf: bytes) -> Iterator[tuple[str, bytes]]:
@@ -80,23 +79,25 @@ def _members(buf: bytes) -> Iterator[tuple[str, bytes]]:
         pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
 
 
-def parse_sample(buf: bytes) -> Sample:
-    """Rebuild one sample from its byte range in a shard."""
-    key, meta, label, frames = None, {}, -1, {}
+def read_members(buf: bytes) -> tuple[str, dict[str, bytes]]:
+    """The key and {ext: data} of the one sample whose byte range is ``buf``."""
+    key, members = None, {}
     for name, data in _members(buf):
         base, _, ext = name.partition(".")
         if key is None:
             key = base
         elif base != key:
             raise ValueError(f"byte range holds two samples: {key!r} and {base!r}")
-        if ext == "json":
-            meta = json.loads(data)
-        elif ext == "cls":
-            label = int(data)
-        elif ext == "jpg":
-            frames[0] = data
-        elif ext.endswith(".jpg"):
-            frames[int(ext.split(".")[0])] = data
+        members[ext] = data
     if key is None:
         raise ValueError("empty byte range")
-    return Sample(key, label, meta, [frames[i] for i in sorted(frames)])
+    return key, members
+
+
+def parse_sample(buf: bytes) -> Sample:
+    """Rebuild one data sample (frames in order) from its byte range in a shard."""
+    key, members = read_members(buf)
+    frames = sorted((ext for ext in members if ext.endswith("jpg")), key=lambda e: int(e.split(".")[0] or 0)
+                    if e != "jpg" else 0)
+    return Sample(key, int(members.get("cls", b"-1")), json.loads(members.get("json", b"{}")),
+                  [members[f] for f in frames])

@@ -8,22 +8,18 @@ shards an interrupted run finished (their part files exist) and redoes only the 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from bevt_core.config import ConfigError, at_least, between, non_empty, option
-from bevt_core.data import manifest, storage
+from bevt_core.data import jobs, manifest, storage
 from bevt_core.data.decode import REASONS
 from bevt_core.data.inputs import IMAGE_EXTS, VIDEO_EXTS, read_inputs
-from bevt_core.data.sharding import EncodeSettings, ShardReport, ShardTask, part_uri, write_shard
+from bevt_core.data.shards import shard_name
+from bevt_core.data.sharding import EncodeSettings, ShardTask, write_shard
 
 
 @dataclass
@@ -98,33 +94,6 @@ _CONTENT_FIELDS = ("input", "root", "modality", "classes", "frame_interval", "ma
                    "short_side", "jpeg_quality", "samples_per_shard", "prefix", "video_ext")
 
 
-def _check_same_settings(cfg: ShardConfig, items_digest: str) -> None:
-    """Refuse to mix shards made with different settings in one output; record them otherwise."""
-    settings = {k: getattr(cfg, k) for k in _CONTENT_FIELDS} | {"input_items_sha256": items_digest}
-    uri = storage.join(cfg.output, manifest.PARTS, "settings.json")
-    if storage.exists(uri):
-        earlier = json.loads(storage.read_bytes(uri))
-        changed = [k for k in settings if earlier.get(k) != settings[k]]
-        if changed:
-            raise ConfigError(f"{changed[0]}: {cfg.output} already holds shards made with "
-                              f"{changed[0]}={earlier.get(changed[0])!r}; use another --output or delete it")
-        return
-    storage.write_bytes(uri, json.dumps(settings, indent=1).encode())
-
-
-def _clean_leftovers(output: str) -> None:
-    """Remove temporaries of a killed run; on S3 abort its unfinished multipart uploads."""
-    if storage.is_s3(output):
-        bucket, key = storage.split_s3(output)
-        client = storage.s3_client()
-        uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=key.rstrip("/") + "/").get("Uploads", [])
-        for up in uploads:
-            client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
-        return
-    for tmp in Path(output).glob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
-
-
 def run(cfg: ShardConfig) -> ShardResult:
     start = time.perf_counter()
     root = cfg.root or (os.path.dirname(cfg.input) if not Path(cfg.input).is_dir() else cfg.input)
@@ -138,8 +107,9 @@ def run(cfg: ShardConfig) -> ShardResult:
     digest = hashlib.sha256("\n".join(f"{i.source}\t{i.raw_label}" for i in items).encode()).hexdigest()
 
     storage.make_local_dirs(cfg.output)
-    _check_same_settings(cfg, digest)
-    _clean_leftovers(cfg.output)
+    jobs.check_same_settings(cfg.output, {k: getattr(cfg, k) for k in _CONTENT_FIELDS}
+                             | {"input_items_sha256": digest})
+    jobs.clean_leftovers(cfg.output)
 
     seen, duplicates = set(), set()
     for item in (i for i in items if not i.problem):
@@ -153,10 +123,14 @@ def run(cfg: ShardConfig) -> ShardResult:
                        frozenset(d for d in duplicates if i * n <= d < (i + 1) * n))
              for i in range((len(items) + n - 1) // n)]
 
-    reports = _run_tasks(tasks, cfg.workers or os.cpu_count() or 1, cfg.progress)
+    reports = jobs.run_parallel(
+        tasks, write_shard, cfg.workers or os.cpu_count() or 1, cfg.progress, "shard",
+        weight=lambda t: len(t.items), init=_worker_init,
+        postfix=lambda done: {"ok": sum(r.ok for r in done), "rejected": sum(sum(r.rejects.values()) for r in done)})
     rows = []
     for task in tasks:
-        rows.extend(manifest.read_table(part_uri(cfg.output, cfg.prefix, task.index)).to_pylist())
+        name = shard_name(cfg.prefix, task.index)[:-len(".tar")]
+        rows.extend(manifest.read_table(jobs.part_uri(cfg.output, name)).to_pylist())
     rows.sort(key=lambda r: r["index"])
     manifest.write_final(cfg.output, rows, classes)
 
@@ -172,27 +146,6 @@ def run(cfg: ShardConfig) -> ShardResult:
         result.failed = (f"{result.rejected} of {result.items} inputs rejected "
                          f"({result.rejected / result.items:.1%} > max_reject_rate {cfg.max_reject_rate:.1%})")
     return result
-
-
-def _run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[ShardReport]:
-    total = sum(len(t.items) for t in tasks)
-    bar = tqdm(total=total, unit="item", desc="shard", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    reports = []
-
-    def done(report: ShardReport) -> None:
-        reports.append(report)
-        bar.update(report.items)
-        bar.set_postfix(ok=sum(r.ok for r in reports), rejected=sum(sum(r.rejects.values()) for r in reports))
-
-    with bar:
-        if workers <= 1 or len(tasks) == 1:
-            for t in tasks:
-                done(write_shard(t))
-        else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=_worker_init) as pool:
-                for fut in as_completed([pool.submit(write_shard, t) for t in tasks]):
-                    done(fut.result())
-    return sorted(reports, key=lambda r: r.index)
 
 
 def _worker_init() -> None:

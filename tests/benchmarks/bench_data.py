@@ -133,7 +133,7 @@ def device() -> str:
 def write_results(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "data.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"# Data path benchmark", "", f"Measured {result['date']} on {result['device']} "
+    lines = ["# Data path benchmark", "", f"Measured {result['date']} on {result['device']} "
              f"(git {result['git']}); command: `{result['command']}`.", "",
              "| measurement | value | target | met |", "|---|---|---|---|"]
     for s in result["shard"]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 from bevt_core.data.loader import Consumer, ShardStream, assign, epoch_order
@@ -15,7 +13,7 @@ from bevt_core.stages.shard import ShardConfig, run
 
 
 def fake_manifest(sizes: list[int]) -> Manifest:
-    rows, off = [], 0
+    rows = []
     for s, n in enumerate(sizes):
         for i in range(n):
             rows.append({"key": f"s{s}_{i}", "shard": f"shard-{s:06d}.tar", "offset": i * 100, "bytes": 100})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 from bevt_core.config import ConfigError
-from bevt_core.data.loader import ShardStream, read_sample
+from bevt_core.data.loader import read_sample
 from bevt_core.data.manifest import load_manifest
 from bevt_core.data.decode import decode_jpeg
 from bevt_core.stages.shard import ShardConfig, run
