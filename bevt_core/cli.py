@@ -34,6 +34,16 @@ def _shard_run():
     return run
 
 
+def _tokenize_cfg():
+    from bevt_core.stages.tokenize import TokenizeConfig
+    return TokenizeConfig
+
+
+def _tokenize_run():
+    from bevt_core.stages.tokenize import run
+    return run
+
+
 def _demo_cfg():
     from bevt_core.stages.demo import DemoConfig
     return DemoConfig
@@ -57,6 +67,8 @@ def _samples_run():
 COMMANDS = [
     StageCommand("shard", "decode videos or images into WebDataset tar shards with a Parquet manifest",
                  _shard_cfg, _shard_run),
+    StageCommand("tokenize", "precompute tokenizer targets (DALL-E or a fitted codebook) for fixed augmentation "
+                 "views of every sample, as token shards aligned with the data shards", _tokenize_cfg, _tokenize_run),
     StageCommand("samples", "fetch the real sample footage and build the derived sample tasks",
                  _samples_cfg, _samples_run),
     StageCommand("demo", "run every stage that exists end to end on the sample data", _demo_cfg, _demo_run),
@@ -82,6 +94,12 @@ def _doc(cmd: StageCommand) -> str:
     return " ".join(doc[1:]).replace("\n", " ") if len(doc) > 1 else ""
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -98,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         result = cmd.run()(cfg)
     except C.ConfigError as e:
         parser.exit(2, f"bevt {cmd.name}: error: {e}\n")
+    except _storage_errors() as e:
+        parser.exit(1, f"bevt {cmd.name}: error: object store access failed: {e}\n"
+                       "  (check AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket)\n")
     except KeyboardInterrupt:
         print(f"bevt {cmd.name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -116,9 +116,9 @@ def looks_like_video(head: bytes) -> bool:
 
 def _head(source: Path | bytes) -> bytes:
     if isinstance(source, bytes):
-        return source[:16]
+        return source[:192]
     with open(source, "rb") as f:
-        return f.read(16)
+        return f.read(192)
 
 
 def _decode_pyav(source: Path | bytes, frame_interval: int, max_frames: int) -> DecodedVideo:
@@ -159,10 +159,21 @@ def _decode_pyav(source: Path | bytes, frame_interval: int, max_frames: int) -> 
     return DecodedVideo(arr, idx, n, fps, arr.shape[2], arr.shape[1], "pyav")
 
 
+# MPEG program/elementary/transport streams carry no frame index: decord's seeks there land on
+# the wrong frames (seen on real MPEG-2 footage: frame 30 came from seconds later), so those go
+# straight to PyAV, which decodes sequentially.
+def _indexless(head: bytes) -> bool:
+    ts = len(head) > 188 and head[0] == head[188] == 0x47  # 188-byte transport packets
+    return ts or head.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"))
+
+
 def decode_video(source: Path | bytes, frame_interval: int = 1, max_frames: int = 0,
                  min_frames: int = 2) -> DecodedVideo:
     """Decode the kept frames of a video; raises :class:`RejectedInput` with the reason."""
+    head = _head(source)
     try:
+        if _indexless(head):
+            raise RuntimeError("index-less MPEG stream: decoded sequentially with PyAV")
         video = _decode_decord(source, frame_interval, max_frames)
     except Exception as decord_error:  # noqa: BLE001 -- decord raises bare DECORDError/RuntimeError
         try:

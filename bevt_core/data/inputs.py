@@ -7,7 +7,7 @@ that cannot be parsed still becomes an item (with ``problem`` set) so that it la
 Accepted forms:
 - K400 / Diving48 lists (``.txt``, ``.csv``, anything not JSON): ``relative/path label`` per line,
   whitespace or comma separated; ``label`` is a class index or a class name. A line with only a
-  path is unlabelled (label -1), as image-pretraining lists are.
+  path, or with label -1, is unlabelled (label -1), as image-pretraining lists are.
 - SSv2-style JSON: a list of objects with ``id`` (the file is ``<id><video_ext>``) and ``label``
   or ``template`` (brackets removed, as the SSv2 label file spells classes).
 - A local folder holding one subfolder per class (class names sorted, indices from 0).
@@ -59,6 +59,8 @@ def _parse_label(raw: str, class_index: dict[str, int] | None) -> tuple[int, str
         return -1, ""
     if re.fullmatch(r"-?\d+", raw):
         value = int(raw)
+        if value == -1:  # the usual spelling of "unlabelled" in image-pretraining lists
+            return -1, ""
         if value < 0:
             return -1, f"negative label {value}"
         if class_index is not None and value >= len(class_index):

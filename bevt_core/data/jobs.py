@@ -11,6 +11,7 @@ manifest, written last, is what marks the whole output complete.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -85,10 +86,10 @@ def atomic_tar(output: str, name: str) -> Iterator[Any]:
 
 def run_parallel(tasks: Sequence[Any], fn: Callable[[Any], Any], workers: int, progress: bool, desc: str,
                  weight: Callable[[Any], int] = lambda t: 1, postfix: Callable[[list], dict] | None = None,
-                 init: Callable[[], None] | None = None) -> list:
+                 init: Callable[[], None] | None = None, unit: str = "item") -> list:
     """``fn(task)`` for every task, across ``workers`` processes, with a progress bar weighted by
     ``weight(task)``; results come back in task order."""
-    bar = tqdm(total=sum(weight(t) for t in tasks), desc=desc, disable=not progress, file=sys.stderr,
+    bar = tqdm(total=sum(weight(t) for t in tasks), desc=desc, unit=unit, disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     results: dict[int, Any] = {}
 
@@ -103,7 +104,9 @@ def run_parallel(tasks: Sequence[Any], fn: Callable[[Any], Any], workers: int, p
             for i, t in enumerate(tasks):
                 done(i, fn(t))
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=init) as pool:
+            # spawn, not fork: a parent with live OpenCV/decoder thread pools deadlocks its forked children.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=init) as pool:
                 futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())

@@ -56,7 +56,8 @@ def s3_client():
         import boto3
         from botocore.config import Config
 
-        _client = boto3.client(
+        # A fresh session, not boto3's default one, which keeps the credentials it first resolved.
+        _client = boto3.session.Session().client(
             "s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"})
         )
         _client_pid = os.getpid()

@@ -6,7 +6,6 @@ video tasks (camera-motion, scene; train and val) and the image set, and prints 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,14 +13,10 @@ from bevt_core.config import at_least, option
 from bevt_core.stages import shard
 
 
-def _default_cache() -> str:
-    return os.environ.get("BEVT_CACHE", str(Path.home() / ".cache" / "bevt"))
-
-
 @dataclass
 class SamplesConfig:
-    cache_dir: str = option(_default_cache(), help="Where the fetched packages and derived clips are kept "
-                            "(outside git; $BEVT_CACHE overrides the default).")
+    cache_dir: str = option("", help="Where the fetched packages and derived clips are kept, outside git. "
+                            "Default: $BEVT_CACHE, else ~/.cache/bevt.")
     profile: str = option("demo", help="How many derived clips to make: 'demo' for the demo, 'ci' for a "
                           "smaller set the tests use.", choices=("demo", "ci"))
     seed: int = option(0, help="Seed of the derived tasks (crops, trajectories, splits).")
@@ -53,7 +48,7 @@ class DemoResult:
 def fetch_samples(cfg: SamplesConfig):
     from bevt_core.samples import prepare_samples
 
-    data = prepare_samples(Path(cfg.cache_dir), seed=cfg.seed, profile=cfg.profile)
+    data = prepare_samples(cfg.cache_dir or None, seed=cfg.seed, profile=cfg.profile)
     print(f"sample data in {data.cache_dir}")
     return data
 

@@ -74,3 +74,13 @@ def test_s3_kill_and_resume_via_cli(samples, s3, tmp_path, cli_env):
     assert done.returncode == 0, done.stderr
     m = load_manifest("s3://bevt-test/resume/out")
     assert len(m) == 12 and len({r["key"] for r in m.rows}) == 12
+
+
+def test_cli_reports_bad_credentials_in_one_line(samples, s3, cli_env):
+    src = upload_task(samples.scene, "s3://bevt-test/creds-cli", limit=1)
+    env = {**cli_env, **s3.env(), "AWS_SECRET_ACCESS_KEY": "wrong"}
+    proc = subprocess.run(bevt_cli() + ["shard", "--input", f"{src}/train.txt", "--output", "s3://bevt-test/x"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert "object store access failed" in proc.stderr and "SignatureDoesNotMatch" in proc.stderr
+    assert "Traceback" not in proc.stderr

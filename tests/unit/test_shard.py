@@ -18,7 +18,7 @@ from PIL import Image
 from bevt_core.config import ConfigError
 from bevt_core.data.loader import read_sample
 from bevt_core.data.manifest import load_manifest
-from bevt_core.data.decode import decode_jpeg
+from bevt_core.data.decode import decode_jpeg, resize_short_side
 from bevt_core.stages.shard import ShardConfig, run
 from tests.conftest import bevt_cli
 
@@ -63,9 +63,12 @@ def test_round_trip_matches_pyav_decode(samples, tmp_path):
             got = decode_jpeg(sample.jpegs[i]).astype(np.float32)
             h, w = got.shape[:2]
             assert min(h, w) == min(96, min(truth[idx].shape[:2]))
-            want = np.asarray(Image.fromarray(truth[idx]).resize((w, h), Image.BOX), np.float32)
-            err = np.abs(got - want).mean()
-            assert err < 4.0, f"{row['source']} frame {idx}: mean abs error {err:.2f}"
+            # The same resampling as the stage, so what remains is decoding, frame choice and JPEG;
+            # the stored frame must also match its own index at least as well as its neighbours.
+            err = {j: float(np.abs(got - resize_short_side(truth[j], 96)).mean())
+                   for j in range(max(0, idx - 3), min(len(truth), idx + 4))}
+            assert err[idx] < 6.0, f"{row['source']} frame {idx}: mean abs error {err[idx]:.2f}"
+            assert err[idx] <= min(err.values()) + 0.25, f"{row['source']} frame {idx} is another frame: {err}"
         decoders.add(row["decoder"])
     assert decoders == {"decord", "pyav"}, "the fallback videos must go through PyAV"
 
@@ -153,10 +156,16 @@ def test_every_bad_input_is_recorded_with_its_reason(samples, tmp_path):
     for row, (path, _, expected) in zip(table, cases):
         got = "ok" if row["status"] == "ok" else row["reason"]
         assert got in expected, f"{path}: {got} ({row['detail']}), expected {expected}"
-    for row in table[len(cases):]:
-        assert row["status"] == "rejected", f"real degenerate file accepted: {row['source']}"
+    # Real degenerate files: what each kind must become. Files decord rejects but PyAV decodes in
+    # full (a solid-colour MPEG-PS, an h264 clip with odd frame sizes) are valid videos: kept via PyAV.
+    expected_for_kind = {"empty": "empty", "not_a_video": "not_a_video", "one_frame": "too_few_frames",
+                         "truncated": "undecodable", "solid_colour": "ok:pyav", "undecodable": "ok:pyav"}
+    for row, (path, kind) in zip(table[len(cases):], samples.bad_inputs):
+        got = f"ok:{row['decoder']}" if row["status"] == "ok" else row["reason"]
+        assert got == expected_for_kind[kind], f"{path.name} ({kind}): {got} {row['detail']}"
     rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
-    assert len(rejects) == result.rejected == len(lines) - 1
+    assert len(rejects) == result.rejected == len(table) - 1 - sum(
+        expected_for_kind[k].startswith("ok") for _, k in samples.bad_inputs)
     assert all(r["reason"] and r["detail"] for r in rejects)
     assert sum(result.rejects_by_reason.values()) == result.rejected and not result.failed
 

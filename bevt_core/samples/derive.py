@@ -1,0 +1,331 @@
+"""Derive two labelled video tasks from the real footage fetched by ``fetch.py``.
+
+What it produces (under ``<cache>/tasks/<profile>-seed<seed>/``, written atomically, stamped):
+
+``camera-motion/``  an SSv2-like *temporal* task. 6 classes: pan_left, pan_right, pan_up, pan_down,
+    zoom_in, zoom_out, made as a moving square crop over the real clips; 32 frames, 128x128,
+    25 fps. A crop is three numbers per frame: ``ux, uy`` in [0, 1] (the crop centre's position
+    inside the region the largest crop may occupy, so every crop stays inside the frame and a
+    zoom is a pure zoom) and ``ls`` = log(crop side / frame short side) in [log 0.3, log 0.6].
+    Clips come in a matched design: clip ``j`` of every class shares the source, the time
+    window, the trajectory centres ``c ~ U(lo + m, hi - m)`` (``m`` = 30 % of each parameter's
+    range) and the static offsets; the classes differ only in which parameter moves and which
+    way. The moving parameter sweeps ``c - m .. c + m`` linearly over the 32 frames; a static one
+    sits at ``c + m * t`` with ``t`` one of the same 32 sweep points (antithetic pairs ``t``,
+    ``-t`` in clips 2i and 2i + 1, stratified). Pooled over frames every class therefore has the
+    same distribution of (ux, uy, ls) (per-class means equal exactly for an even clip count) and
+    the same source videos: one frame carries no label information, only the motion does.
+    Train and val use disjoint source videos (split by source
+    group, g1/g2 being two takes of one scene). Sources shorter than 32 frames are played back
+    and forth (ping-pong) - the label comes from the crop, so that does not leak. Image
+    convention: pan_left moves the crop (the camera) left, so the content drifts right; zoom_in
+    shrinks the crop.
+
+``scene/``  a K400-like *appearance* task: label = source video (one class per source with at
+    least ``SCENE_MIN_FRAMES`` frames; shorter ones are skipped). Clips are 32 consecutive frames
+    from a random time window with a random static square crop (side 0.6-1.0 of the short side).
+    Train clips come from the first 70 % of each source's frames, val clips from the last 30 %
+    (disjoint in time). A split by source is impossible when the label *is* the source, so this
+    task measures generalisation across time and crop, not across scenes. A segment shorter than
+    32 frames is played back and forth.
+
+Each task directory holds ``train.txt`` / ``val.txt`` (K400 format: ``relative/path.mp4 label``),
+``classes.txt`` and ``params.json`` (per clip: source, frame indices and the per-frame crop
+parameters ``[ux, uy, ls]``), which the tests use to check the class-independence of the crops.
+
+Encoding: h264 (libx264 from PyAV's bundled FFmpeg; mpeg4 if that encoder is missing), yuv420p,
+25 fps, one encoder thread, so the bytes are reproducible for a given seed and PyAV build.
+Sources are decoded with PyAV (it handles every codec here) and resized with OpenCV to a short
+side of ``DECODE_SHORT`` px.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .fetch import log, recipe_hash, replace_dir, write_stamp
+
+DERIVE_VERSION = "2"
+FRAMES = 32
+SIZE = 128
+FPS = 25
+DECODE_SHORT = 320
+
+PROFILES = {
+    "demo": {"cm_train": 24, "cm_val": 8, "scene_train": 12, "scene_val": 4},
+    "ci": {"cm_train": 8, "cm_val": 4, "scene_train": 4, "scene_val": 2},
+}
+CM_CLASSES = ["pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out"]
+CM_MOTION = {"pan_left": (0, -1), "pan_right": (0, 1), "pan_up": (1, -1), "pan_down": (1, 1),
+             "zoom_in": (2, -1), "zoom_out": (2, 1)}
+CM_RANGES = [(0.0, 1.0), (0.0, 1.0), (math.log(0.3), math.log(0.6))]
+CM_AMP = 0.3          # sweep half-amplitude as a fraction of each parameter's range
+CM_VAL_FRACTION = 0.25  # of the source videos
+SCENE_MIN_FRAMES = 64
+SCENE_TRAIN_FRACTION = 0.7
+SCENE_SCALE = (0.6, 1.0)
+PARAM_NAMES = ["ux", "uy", "log_scale"]
+
+
+def derive_recipe(seed: int, profile: str, fetch_hash: str) -> dict:
+    return {"version": DERIVE_VERSION, "seed": seed, "profile": profile, "fetch": fetch_hash,
+            "frames": FRAMES, "size": SIZE, "fps": FPS, "profile_counts": PROFILES[profile],
+            "codec": video_codec()}
+
+
+def video_codec() -> str:
+    import av
+    try:
+        av.codec.Codec("libx264", "w")
+        return "libx264"
+    except Exception:  # noqa: BLE001
+        return "mpeg4"
+
+
+# ---------------------------------------------------------------- planning
+
+def _pingpong(start: int, lo: int, hi: int, count: int) -> list[int]:
+    """``count`` frame indices from ``start`` in [lo, hi), reflecting at both ends."""
+    n = hi - lo
+    if n <= 1:
+        return [lo] * count
+    period = 2 * (n - 1)
+    out = []
+    for k in range(count):
+        p = (start - lo + k) % period
+        out.append(lo + (p if p < n else period - p))
+    return out
+
+
+def _window(rng: np.random.Generator, lo: int, hi: int) -> list[int]:
+    n = hi - lo
+    if n >= FRAMES:
+        t0 = lo + int(rng.integers(0, n - FRAMES + 1))
+        return list(range(t0, t0 + FRAMES))
+    return _pingpong(lo + int(rng.integers(0, max(n, 1))), lo, hi, FRAMES)
+
+
+def camera_params(centre: np.ndarray, static_idx: np.ndarray, cls: str) -> np.ndarray:
+    """Per-frame (ux, uy, ls), shape (FRAMES, 3), for one clip of class ``cls``.
+
+    ``centre[j]`` is the trajectory centre of parameter j; ``static_idx[j]`` the sweep point a
+    static parameter sits at. The moving parameter (and its direction) is the class.
+    """
+    moving, direction = CM_MOTION[cls]
+    sweep = np.linspace(-1.0, 1.0, FRAMES)
+    out = np.empty((FRAMES, 3))
+    for j, (lo, hi) in enumerate(CM_RANGES):
+        m = CM_AMP * (hi - lo)
+        if j == moving:
+            out[:, j] = centre[j] + m * direction * sweep
+        else:
+            out[:, j] = centre[j] + m * sweep[static_idx[j]]
+    return out
+
+
+def split_sources(sources: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """Camera-motion split by source group: about CM_VAL_FRACTION of the sources go to val."""
+    groups = sorted({s["group"] for s in sources})
+    rng = np.random.default_rng([seed, 7])
+    order = [groups[i] for i in rng.permutation(len(groups))]
+    need = max(1, math.ceil(CM_VAL_FRACTION * len(sources)))
+    val_groups: set[str] = set()
+    for g in order:
+        if sum(s["group"] in val_groups for s in sources) >= need:
+            break
+        val_groups.add(g)
+    train = [s for s in sources if s["group"] not in val_groups]
+    val = [s for s in sources if s["group"] in val_groups]
+    if not train or not val:
+        raise RuntimeError("camera-motion needs at least two source groups")
+    return train, val
+
+
+def plan(manifest: dict, seed: int, profile: str, counts: dict | None = None) -> list[dict]:
+    """Every clip to render, deterministic from (manifest, seed, profile). Cheap: no decoding."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    cnt = {**PROFILES[profile], **(counts or {})}
+    sources = manifest["sources"]
+    specs: list[dict] = []
+
+    # Matched design: clip j of every class shares the source, time window, trajectory centre
+    # and static offsets; the classes differ only in which parameter moves and which way. Every
+    # class therefore sees the same sources and the same per-frame crop distribution. Static
+    # offsets come in antithetic pairs (sweep points t and 31 - t for clips 2i and 2i + 1,
+    # stratified over the 16 point pairs), so with an even clip count the per-class means of
+    # every parameter are equal exactly.
+    half = FRAMES // 2
+    train_src, val_src = split_sources(sources, seed)
+    for split, srcs, n in (("train", train_src, cnt["cm_train"]), ("val", val_src, cnt["cm_val"])):
+        srng = np.random.default_rng([seed, 1, split == "val"])
+        order = srng.permutation(len(srcs))
+        strata = np.stack([srng.permutation(half) for _ in CM_RANGES])  # (3, 16)
+        for j in range(n):
+            src = srcs[int(order[j % len(srcs)])]
+            rng = np.random.default_rng([seed, 1, split == "val", j])
+            frames = _window(rng, 0, src["pyav"]["frames"])
+            centre = np.array([rng.uniform(lo + CM_AMP * (hi - lo), hi - CM_AMP * (hi - lo))
+                               for lo, hi in CM_RANGES])
+            q = strata[:, (j // 2) % half]
+            static_idx = half + q if j % 2 == 0 else half - 1 - q
+            for k, cls in enumerate(CM_CLASSES):
+                specs.append({
+                    "task": "camera-motion", "split": split, "label": k, "class": cls,
+                    "path": f"{split}/{cls}/{cls}_{split}_{j:04d}.mp4",
+                    "source": src["name"], "source_path": src["path"], "frames": frames,
+                    "params": np.round(camera_params(centre, static_idx, cls), 6).tolist(),
+                })
+
+    for k, src in enumerate(scene_sources(sources)):
+        n = src["pyav"]["frames"]
+        cut = int(n * SCENE_TRAIN_FRACTION)
+        for split, (lo, hi), count in (("train", (0, cut), cnt["scene_train"]),
+                                       ("val", (cut, n), cnt["scene_val"])):
+            for j in range(count):
+                rng = np.random.default_rng([seed, 2, split == "val", k, j])
+                frames = _window(rng, lo, hi)
+                scale = rng.uniform(*SCENE_SCALE)
+                ux, uy = rng.uniform(0, 1), rng.uniform(0, 1)
+                p = [round(ux, 6), round(uy, 6), round(math.log(scale), 6)]
+                specs.append({
+                    "task": "scene", "split": split, "label": k, "class": src["name"],
+                    "path": f"{split}/{src['name']}/{src['name']}_{split}_{j:04d}.mp4",
+                    "source": src["name"], "source_path": src["path"], "frames": frames,
+                    "params": [p] * FRAMES,
+                })
+    return specs
+
+
+def scene_sources(sources: list[dict]) -> list[dict]:
+    return [s for s in sources if s["pyav"]["frames"] >= SCENE_MIN_FRAMES]
+
+
+# ---------------------------------------------------------------- rendering
+
+def decode_resized(path: Path, keep: set[int], short: int = DECODE_SHORT) -> dict[int, np.ndarray]:
+    """Decode with PyAV; return the frames whose index is in ``keep``, short side = ``short``."""
+    import av
+    import cv2
+
+    out: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        for i, f in enumerate(c.decode(s)):
+            if i in keep:
+                img = f.to_ndarray(format="rgb24")
+                h, w = img.shape[:2]
+                r = short / min(h, w)
+                size = (max(short, round(w * r)), max(short, round(h * r)))
+                interp = cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR
+                out[i] = cv2.resize(img, size, interpolation=interp)
+    if not out:
+        raise RuntimeError(f"no frames decoded from {path}")
+    return out
+
+
+def render_frames(spec: dict, frames: dict[int, np.ndarray]) -> np.ndarray:
+    import cv2
+
+    last = max(frames)
+    clip = []
+    for idx, (ux, uy, ls) in zip(spec["frames"], spec["params"]):
+        img = frames[min(idx, last)]
+        h, w = img.shape[:2]
+        short = min(h, w)
+        side = math.exp(ls) * short
+        if spec["task"] == "camera-motion":
+            lmax = math.exp(CM_RANGES[2][1]) * short
+            x0 = lmax / 2 + ux * (w - lmax) - side / 2
+            y0 = lmax / 2 + uy * (h - lmax) - side / 2
+            a = side / SIZE
+            m = np.array([[a, 0, x0 + 0.5 * a - 0.5], [0, a, y0 + 0.5 * a - 0.5]])
+            out = cv2.warpAffine(img, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REPLICATE)
+        else:
+            L = int(round(side))
+            x0 = int(round(ux * (w - L)))
+            y0 = int(round(uy * (h - L)))
+            out = cv2.resize(img[y0:y0 + L, x0:x0 + L], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        clip.append(out)
+    return np.stack(clip)
+
+
+def encode_mp4(frames: np.ndarray, path: Path, fps: int = FPS) -> None:
+    """Encode RGB uint8 frames (T, H, W, 3) as yuv420p mp4, single-threaded (reproducible bytes)."""
+    import av
+
+    codec = video_codec()
+    opts = {"crf": "20", "preset": "medium", "threads": "1"} if codec == "libx264" else {"threads": "1"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream(codec, rate=fps, options=opts)
+        s.width, s.height = frames.shape[2], frames.shape[1]
+        s.pix_fmt = "yuv420p"
+        s.codec_context.thread_count = 1
+        if codec != "libx264":
+            s.codec_context.bit_rate = 1_500_000
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            vf.pts = i
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def render(specs: list[dict], raw_dir: Path, out_root: Path) -> None:
+    """Render ``specs`` under ``out_root/<task>/<path>``, decoding each source once."""
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    for s in specs:
+        by_source[s["source_path"]].append(s)
+    for src_path, group in by_source.items():
+        keep = {i for s in group for i in s["frames"]}
+        t = time.time()
+        frames = decode_resized(raw_dir / src_path, keep)
+        for s in group:
+            encode_mp4(render_frames(s, frames), out_root / s["task"] / s["path"])
+        log(f"  {Path(src_path).name}: {len(group)} clips ({time.time() - t:.1f} s)")
+        del frames
+
+
+def derive(raw_dir: Path, tasks_dir: Path, manifest: dict, seed: int, profile: str, rhash: str) -> None:
+    """Plan, render and write both tasks into ``tasks_dir`` atomically (temp dir + rename)."""
+    t0 = time.time()
+    specs = plan(manifest, seed, profile)
+    codec = video_codec()
+    if codec != "libx264":
+        log("WARNING: PyAV's FFmpeg has no libx264 encoder; writing mpeg4 clips instead")
+    log(f"deriving {len(specs)} clips (camera-motion + scene, profile={profile}, seed={seed}, {codec})")
+    tasks_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{tasks_dir.name}-", dir=tasks_dir.parent))
+    try:
+        render(specs, raw_dir, tmp)
+        classes = {"camera-motion": CM_CLASSES, "scene": [s["name"] for s in scene_sources(manifest["sources"])]}
+        for task, names in classes.items():
+            root = tmp / task
+            mine = [s for s in specs if s["task"] == task]
+            for split in ("train", "val"):
+                lines = [f"{s['path']} {s['label']}" for s in mine if s["split"] == split]
+                (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+            (root / "classes.txt").write_text("\n".join(names) + "\n")
+            side = {"param_names": PARAM_NAMES, "frames": FRAMES, "size": SIZE, "fps": FPS,
+                    "codec": codec, "clips": [{k: s[k] for k in ("path", "split", "label", "class",
+                                                                  "source", "frames", "params")}
+                                              for s in mine]}
+            (root / "params.json").write_text(json.dumps(side))
+        write_stamp(tmp, rhash, {"seed": seed, "profile": profile, "clips": len(specs)})
+        replace_dir(tmp, tasks_dir)
+        log(f"derive done: {len(specs)} clips in {time.time() - t0:.0f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["plan", "render", "derive", "derive_recipe", "encode_mp4", "recipe_hash"]
