@@ -200,15 +200,25 @@ def _first_line(e: Exception) -> str:
 
 
 def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
-    """Cap the short side at ``short_side`` (area interpolation); never upscales; 0 keeps size."""
+    """Cap the short side at ``short_side``; never upscales; 0 keeps the size.
+
+    An integer-factor box filter (OpenCV's fast path for INTER_AREA) takes the image to within 2x
+    of the target, then bilinear finishes: within ~1 grey level of a pure area resample at a
+    quarter of its cost, which otherwise rivals the cost of decoding the frame.
+    """
     h, w = frames.shape[-3:-1]
     if short_side <= 0 or min(h, w) <= short_side:
         return frames
     scale = short_side / min(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if frames.ndim == 3:
-        return cv2.resize(frames, size, interpolation=cv2.INTER_AREA)
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    k = min(h, w) // short_side
+
+    def one(frame: np.ndarray) -> np.ndarray:
+        if k >= 2:
+            frame = cv2.resize(frame, (w // k, h // k), interpolation=cv2.INTER_AREA)
+        return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+
+    return one(frames) if frames.ndim == 3 else np.stack([one(f) for f in frames])
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
