@@ -45,16 +45,32 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def fetch_samples(cfg: SamplesConfig):
+@dataclass
+class SamplesResult:
+    data: object  # bevt_core.samples.SampleData
+
+    def summary(self) -> str:
+        d = self.data
+        lines = [f"sample data in {d.cache_dir}",
+                 f"  real source videos   {len(d.source_videos)} (+{len(d.fallback_videos)} only PyAV decodes)",
+                 f"  degenerate files     {len(d.bad_inputs)}",
+                 f"  images               {sum(1 for _ in open(d.images_list))} in {d.images_list}"]
+        for task in (d.camera_motion, d.scene):
+            n_train = sum(1 for _ in open(task.train_list))
+            n_val = sum(1 for _ in open(task.val_list))
+            lines.append(f"  {task.name:<20} {len(task.classes)} classes, {n_train} train / {n_val} val clips: "
+                         f"{task.train_list}")
+        return "\n".join(lines)
+
+
+def fetch_samples(cfg: SamplesConfig) -> SamplesResult:
     from bevt_core.samples import prepare_samples
 
-    data = prepare_samples(cfg.cache_dir or None, seed=cfg.seed, profile=cfg.profile)
-    print(f"sample data in {data.cache_dir}")
-    return data
+    return SamplesResult(prepare_samples(cfg.cache_dir or None, seed=cfg.seed, profile=cfg.profile))
 
 
 def run(cfg: DemoConfig) -> DemoResult:
-    data = fetch_samples(cfg.samples)
+    data = fetch_samples(cfg.samples).data
     work = Path(cfg.work_dir)
     result = DemoResult(str(work))
     jobs = []

@@ -84,3 +84,24 @@ def test_cli_reports_bad_credentials_in_one_line(samples, s3, cli_env):
     assert proc.returncode == 1
     assert "object store access failed" in proc.stderr and "SignatureDoesNotMatch" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_large_objects_go_up_in_parts_and_unfinished_uploads_stay_invisible(s3):
+    import os
+
+    from bevt_core.data import jobs
+
+    data = os.urandom(storage.MULTIPART_CHUNK + 12345)
+    storage.write_bytes("s3://bevt-test/big/obj.bin", data)
+    client = s3.client()
+    head = client.head_object(Bucket="bevt-test", Key="big/obj.bin")
+    assert head["ContentLength"] == len(data) and "-" in head["ETag"], "a multipart ETag is '<md5>-<parts>'"
+    assert storage.read_range("s3://bevt-test/big/obj.bin", 100, 200) == data[100:200]
+
+    # What a stage killed mid-upload leaves: an uncompleted multipart upload, which is no object.
+    up = client.create_multipart_upload(Bucket="bevt-test", Key="big/out/shard-000000.tar")
+    client.upload_part(Bucket="bevt-test", Key="big/out/shard-000000.tar", UploadId=up["UploadId"], PartNumber=1,
+                       Body=data[: storage.MULTIPART_CHUNK])
+    assert not storage.exists("s3://bevt-test/big/out/shard-000000.tar")
+    jobs.clean_leftovers("s3://bevt-test/big/out")
+    assert client.list_multipart_uploads(Bucket="bevt-test", Prefix="big/out/").get("Uploads", []) == []
