@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -20,78 +21,54 @@ from bevt_core import config as C
 class StageCommand:
     name: str
     summary: str
-    config_cls: Callable[[], type]  # imported lazily: `bevt --help` must not import torch
-    run: Callable[[], Callable[[Any], Any]]
+    module: str  # imported only when this command runs: `bevt --help` must not import torch
+    config: str  # the config dataclass in that module
+    run: str = "run"  # the stage function in that module
 
-
-def _shard_cfg():
-    from bevt_core.stages.shard import ShardConfig
-    return ShardConfig
-
-
-def _shard_run():
-    from bevt_core.stages.shard import run
-    return run
-
-
-def _tokenize_cfg():
-    from bevt_core.stages.tokenize import TokenizeConfig
-    return TokenizeConfig
-
-
-def _tokenize_run():
-    from bevt_core.stages.tokenize import run
-    return run
-
-
-def _demo_cfg():
-    from bevt_core.stages.demo import DemoConfig
-    return DemoConfig
-
-
-def _demo_run():
-    from bevt_core.stages.demo import run
-    return run
-
-
-def _samples_cfg():
-    from bevt_core.stages.demo import SamplesConfig
-    return SamplesConfig
-
-
-def _samples_run():
-    from bevt_core.stages.demo import fetch_samples
-    return fetch_samples
+    def load(self) -> tuple[type, Callable[[Any], Any]]:
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.config), getattr(mod, self.run)
 
 
 COMMANDS = [
     StageCommand("shard", "decode videos or images into WebDataset tar shards with a Parquet manifest",
-                 _shard_cfg, _shard_run),
+                 "bevt_core.stages.shard", "ShardConfig"),
     StageCommand("tokenize", "precompute tokenizer targets (DALL-E or a fitted codebook) for fixed augmentation "
-                 "views of every sample, as token shards aligned with the data shards", _tokenize_cfg, _tokenize_run),
+                 "views of every sample, as token shards aligned with the data shards",
+                 "bevt_core.stages.tokenize", "TokenizeConfig"),
+    StageCommand("pretrain-image", "image-stream masked image modeling on image shards with their token "
+                 "targets; writes a 2D Swin checkpoint", "bevt_core.stages.pretrain_image", "PretrainImageConfig"),
+    StageCommand("pretrain-joint", "BEVT two-stream (video + image) pretraining, initialised by inflating the "
+                 "image-stream checkpoint; DDP from the torchrun / PyTorchJob environment",
+                 "bevt_core.stages.pretrain_joint", "PretrainJointConfig"),
+    StageCommand("finetune", "video classification (K400 / SSv2 / Diving48 recipes) from a pretraining checkpoint",
+                 "bevt_core.stages.finetune", "FinetuneConfig"),
+    StageCommand("evaluate", "multi-view testing of a finetuned recognizer: top-1/top-5, per-class accuracy, "
+                 "confusion matrix", "bevt_core.stages.evaluate", "EvaluateConfig"),
     StageCommand("samples", "fetch the real sample footage and build the derived sample tasks",
-                 _samples_cfg, _samples_run),
-    StageCommand("demo", "run every stage that exists end to end on the sample data", _demo_cfg, _demo_run),
+                 "bevt_core.stages.demo", "SamplesConfig", "fetch_samples"),
+    StageCommand("demo", "run every stage that exists end to end on the sample data", "bevt_core.stages.demo",
+                 "DemoConfig"),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands are listed; only ``command``'s module is imported and its options added."""
     parser = argparse.ArgumentParser(
         prog="bevt", description="BEVT pipeline stages. Each stage takes a typed config from options and/or "
         "a YAML file (--config); `bevt STAGE --help` lists every field.")
     sub = parser.add_subparsers(dest="command", metavar="STAGE", required=True)
     for cmd in COMMANDS:
-        p = sub.add_parser(cmd.name, help=cmd.summary, description=f"{cmd.summary}. {_doc(cmd)}")
-        C.add_arguments(p, cmd.config_cls())
+        if cmd.name != command:
+            sub.add_parser(cmd.name, help=cmd.summary)
+            continue
+        config_cls, _ = cmd.load()
+        doc = (sys.modules[cmd.module].__doc__ or "").strip().split("\n\n")
+        detail = " ".join(doc[1:]).replace("\n", " ") if len(doc) > 1 else ""
+        p = sub.add_parser(cmd.name, help=cmd.summary, description=f"{cmd.summary}. {detail}")
+        C.add_arguments(p, config_cls)
         p.add_argument("--result-json", metavar="FILE", help="also write the stage result as JSON to FILE")
-        p.set_defaults(_cmd=cmd)
     return parser
-
-
-def _doc(cmd: StageCommand) -> str:
-    module = sys.modules.get(cmd.config_cls().__module__)
-    doc = (module.__doc__ or "").strip().split("\n\n")
-    return " ".join(doc[1:]).replace("\n", " ") if len(doc) > 1 else ""
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:
@@ -101,10 +78,12 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    name = next((a for a in argv if not a.startswith("-")), None)
+    cmd = next((c for c in COMMANDS if c.name == name), None)
+    parser = build_parser(cmd.name if cmd else None)
     args = parser.parse_args(argv)
-    cmd: StageCommand = args._cmd
-    cls = cmd.config_cls()
+    cls, run = cmd.load()
     try:
         cfg = C.from_args(cls, args)
     except C.ConfigError as e:
@@ -113,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(C.to_yaml(cfg))
         return 0
     try:
-        result = cmd.run()(cfg)
+        result = run(cfg)
     except C.ConfigError as e:
         parser.exit(2, f"bevt {cmd.name}: error: {e}\n")
     except _storage_errors() as e:
