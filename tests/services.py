@@ -122,3 +122,21 @@ def environ(**values: str):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def kill_mid_job(cmd: list[str], out: Path, env: dict, min_parts: int = 2, timeout: float = 120.0) -> int:
+    """Start a shard-producing ``bevt`` command, SIGKILL it while a tar is half written after at
+    least ``min_parts`` finished, and check it left nothing that looks complete. Returns the
+    number of finished parts."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parts = list((out / "_parts").glob("*-*.parquet")) if (out / "_parts").exists() else []
+        if len(parts) >= min_parts and list(out.glob(".*.tmp-*")):
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.parquet").exists(), "an interrupted run must not look complete"
+    return len(list((out / "_parts").glob("*-*.parquet")))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -81,8 +81,9 @@ def read_sample(manifest: Manifest, row: dict) -> Sample:
     return parse_sample(data)
 
 
-def _read_runs(manifest: Manifest, rows: list[dict]) -> Iterator[Sample]:
-    """Read rows in order, one sequential stream per run of adjacent samples in a shard."""
+def _read_runs(manifest: Manifest, rows: list[dict], parse: Callable[[bytes], Any] = parse_sample) -> Iterator:
+    """Read rows in order, one sequential stream per run of adjacent samples in a shard; yields
+    ``parse(sample bytes)`` (a :class:`Sample` by default; other shard kinds pass their own)."""
     stream, shard, pos = None, None, -1
     try:
         for row in rows:
@@ -95,7 +96,7 @@ def _read_runs(manifest: Manifest, rows: list[dict]) -> Iterator[Sample]:
             if len(data) != row["bytes"]:
                 raise IOError(f"{shard}: expected {row['bytes']} bytes at {row['offset']}, got {len(data)}")
             pos = row["offset"] + row["bytes"]
-            yield parse_sample(data)
+            yield parse(data)
     finally:
         if stream is not None:
             stream.close()

@@ -30,6 +30,11 @@ class DemoConfig:
     short_side: int = option(128, help="Short side of stored frames (the sample clips are 128 px).",
                              check=at_least(0))
     frame_interval: int = option(1, help="Temporal stride when sharding the sample clips.", check=at_least(1))
+    crop: int = option(64, help="Training crop size of the demo's tiny models (tokens on a crop/16 grid).",
+                       check=at_least(16))
+    views: int = option(2, help="Augmentation views tokenized per sample.", check=at_least(1))
+    codebook_size: int = option(256, help="Entries of the weight-free codebook fitted on the demo videos "
+                                "(the tiny models' vocabulary).", check=at_least(2))
 
 
 @dataclass
@@ -91,5 +96,23 @@ def run(cfg: DemoConfig) -> DemoResult:
                                     f"{out.bytes / 1e6:.1f} MB, {out.seconds:.1f} s"))
         if out.failed:
             result.failed = f"{name}: {out.failed}"
-            break
+            return result
+    _tokenize_all(cfg, work, result)
     return result
+
+
+def _tokenize_all(cfg: DemoConfig, work: Path, result: DemoResult) -> None:
+    """One codebook, fitted on the camera-motion videos, tokenizes every pretraining set: the video and
+    image streams share the lm_head, so they must share the tokenizer."""
+    from bevt_core.stages import tokenize
+    from bevt_core.tokenizers import CODEBOOK_FILE
+
+    sets = ["camera-motion/train", "scene/train", "images"]
+    fitted = work / "tokens" / sets[0] / CODEBOOK_FILE
+    for name in sets:
+        out = tokenize.run(tokenize.TokenizeConfig(
+            input=str(work / "shards" / name), output=str(work / "tokens" / name), tokenizer="codebook",
+            codebook="" if name == sets[0] else str(fitted), codebook_size=cfg.codebook_size, views=cfg.views,
+            crop=cfg.crop, device="cpu"))
+        result.stages.append((f"tokenize {name}", f"{out.samples} samples, {out.frames} crops, vocab "
+                              f"{out.vocab_size}, {out.seconds:.1f} s"))

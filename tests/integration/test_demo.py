@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from bevt_core.data.manifest import load_manifest
+from bevt_core.data.targets import load_tokens
 from tests.conftest import bevt_cli
 
 
@@ -20,6 +22,12 @@ def test_demo_runs_every_stage_end_to_end(samples, tmp_path, cli_env):
             assert len(m) == len(listing.read_text().splitlines())
             assert m.classes == task.classes
     assert len(load_manifest(str(work / "shards" / "images"))) == len(samples.images_list.read_text().splitlines())
+    identities = set()
+    for name in ("camera-motion/train", "scene/train", "images"):
+        tokens = load_tokens(str(work / "tokens" / name))
+        assert {r["key"] for r in tokens.manifest.rows} == {r["key"] for r in load_manifest(str(work / "shards" / name)).rows}
+        identities.add(json.dumps(tokens.record["tokenizer"], sort_keys=True))
+    assert len(identities) == 1, "both streams must share one tokenizer"
     before = {p: p.read_bytes() for p in sorted(work.rglob("*.tar"))}
     again = subprocess.run(cmd, capture_output=True, text=True, env=cli_env)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from tests.conftest import bevt_cli
+from tests.services import kill_mid_job
 
 
 def shard_cmd(samples, out: Path) -> list[str]:
@@ -29,20 +27,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(samples, tmp_path, cli_env):
     subprocess.run(shard_cmd(samples, ref), check=True, capture_output=True, env=cli_env)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(shard_cmd(samples, out), env=cli_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    # Kill while a shard is half written, after at least two shards finished.
-    while time.monotonic() < deadline:
-        parts = list((out / "_parts").glob("*.parquet")) if (out / "_parts").exists() else []
-        if len(parts) >= 2 and list(out.glob(".*.tmp-*")):
-            break
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "manifest.parquet").exists(), "an interrupted run must not look complete"
-    finished = {p.stem for p in (out / "_parts").glob("*.parquet")}
-    assert 2 <= len(finished) < len(list((ref / "_parts").glob("*.parquet")))
+    finished = kill_mid_job(shard_cmd(samples, out), out, cli_env)
+    assert 2 <= finished < len(list((ref / "_parts").glob("*-*.parquet")))
 
     rerun = subprocess.run(shard_cmd(samples, out), check=True, capture_output=True, text=True, env=cli_env)
     assert "reused from an earlier run" in rerun.stdout
