@@ -1,0 +1,99 @@
+"""Stage ``evaluate``: multi-view testing of a finetuned recognizer (spec §5.1).
+
+Each video gives clips x crops views (K400 4x3, SSv2 1x3); softmax probabilities are averaged
+over views. Writes ``metrics.json`` (top-1/top-5, per-class accuracy, confusion matrix) and
+``confusion.png`` to ``--output``, and logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from bevt_core.config import ConfigError, at_least, non_empty, option, to_dict
+from bevt_core.data import storage
+from bevt_core.models import Recognizer3D, RecognizerConfig, SwinConfig
+from bevt_core.train import evaluation, tracking
+from bevt_core.train.options import fill, missing
+from bevt_core.stages.finetune import PRESETS, ClipOptions, clip_stream
+from bevt_core.train.streams import loader
+
+
+@dataclass
+class EvaluateConfig:
+    weights: str = option(help="Finetuned recognizer (finetune's recognizer.pt).", check=non_empty)
+    data: str = option(help="Video shard directory to test on (the same frame stride as training).",
+                       check=non_empty)
+    output: str = option(help="Directory or s3:// prefix for metrics.json and confusion.png.", check=non_empty)
+    preset: str = option("k400-swin-b", help=f"Test-view recipe the unset clip fields come from: {', '.join(PRESETS)}.")
+    clip: ClipOptions = option(ClipOptions, help="Frame sampling and views.")
+    max_views: int = option(0, help="At most this many views per forward (memory bound; 0: all).", check=at_least(0))
+    workers: int = option(2, help="Dataloader workers.", check=at_least(0))
+    tracking_uri: str = option("auto", help="MLflow tracking URI; auto: sqlite file in --output when local; none: off.")
+    experiment: str = option("bevt", help="MLflow experiment name.")
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset: must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        fill(self.clip, PRESETS[self.preset]["clip"])
+        name = missing(self.clip, "clip.")
+        if name:
+            raise ConfigError(f"{name}: the preset sets no value; give one")
+
+
+@dataclass
+class EvaluateResult:
+    output: str
+    samples: int
+    views: int
+    top1: float
+    top5: float
+    mean_class_accuracy: float
+    chance: float
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+
+    def summary(self) -> str:
+        return (f"evaluate: {self.samples} videos x {self.views} views in {self.seconds:.1f} s: top-1 {self.top1:.2%}, "
+                f"top-5 {self.top5:.2%}, mean class accuracy {self.mean_class_accuracy:.2%} (chance {self.chance:.2%})\n"
+                f"  {self.files.get('metrics', '')}, {self.files.get('confusion', '')}"
+                + (f"\n  MLflow run {self.run_id}" if self.run_id else ""))
+
+
+def load_recognizer(uri: str) -> tuple[Recognizer3D, list[str]]:
+    payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+    meta = payload.get("meta", {})
+    if meta.get("format") != "recognizer":
+        raise ConfigError(f"weights: {uri} is not a finetuned recognizer written by `bevt finetune`")
+    config = dict(meta["config"])
+    swin = SwinConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.pop("swin").items()})
+    model = Recognizer3D(RecognizerConfig(swin=swin, **config))
+    model.load_state_dict(payload["state_dict"])
+    return model, list(meta["classes"])
+
+
+def run(cfg: EvaluateConfig) -> EvaluateResult:
+    start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, classes = load_recognizer(cfg.weights)
+    model.to(device)
+    spec = cfg.clip.spec()
+    data = clip_stream(cfg.data, spec, False, 1, 0, 1, 0)
+    if data.manifest.classes != classes:
+        raise ConfigError("data: its classes.json differs from the classes the model was trained on")
+    probs, labels = evaluation.predict(model, loader(data, cfg.workers), device, cfg.max_views or None)
+    m = evaluation.metrics(probs, labels)
+    files = evaluation.write_report(m, classes, cfg.output)
+    tracker = tracking.start(cfg.tracking_uri, cfg.output, cfg.experiment, "evaluate", to_dict(cfg), True)
+    result = EvaluateResult(cfg.output, m.samples, spec.test_clips * spec.test_crops, m.top1, m.top5,
+                            m.mean_class_accuracy, 1 / len(classes), time.perf_counter() - start, files,
+                            tracker.run_id)
+    tracker.metrics({k: v for k, v in asdict(result).items() if isinstance(v, float)}, 0)
+    for uri in files.values():
+        tracker.artifact(uri)
+    tracker.finish()
+    return result

@@ -1,0 +1,35 @@
+"""pretrain-image's 2D checkpoint inflates back into a model whose image path computes the same thing."""
+
+from __future__ import annotations
+
+import torch
+
+from bevt_core.models import build_model, load_checkpoint
+from bevt_core.stages.pretrain_image import image_checkpoint
+from bevt_core.train.common import save_weights
+
+
+def test_image_checkpoint_is_2d_and_inflates_to_the_same_image_predictions(tmp_path):
+    torch.manual_seed(0)
+    trained = build_model("bevt-tiny", drop_path_rate=0.0).eval()
+    with torch.no_grad():  # make every table row distinct, as after training
+        for name, p in trained.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                p.copy_(torch.randn_like(p))
+    state = image_checkpoint(trained.state_dict(), trained.config.swin.window_size)
+    assert state["backbone.patch_embed.proj.weight"].ndim == 4  # a 2D Swin
+    table = state["backbone.layers.0.blocks.0.attn.relative_position_bias_table"]
+    assert table.shape[0] == 7 * 7  # (2*4-1)^2 offsets of the (4,4) window
+    assert not any(k.startswith(("backbone.fpn_s", "backbone.fpn_t", "backbone.lm_down_st", "backbone.patch_embed_2d"))
+                   for k in state)
+    save_weights(state, str(tmp_path / "image_encoder.pt"), {"format": "swin-2d"})
+
+    torch.manual_seed(1)
+    inflated = build_model("bevt-tiny", drop_path_rate=0.0).eval()
+    missing = load_checkpoint(inflated, str(tmp_path / "image_encoder.pt"), strict=False).missing_keys
+    assert {k.split(".")[1] for k in missing} == {"fpn_s", "fpn_t", "lm_down_st"}
+    image = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, 1:3, 1:3] = True
+    with torch.no_grad():
+        torch.testing.assert_close(inflated.token_logits(image, mask), trained.token_logits(image, mask))
