@@ -41,12 +41,15 @@ class DemoConfig:
 class DemoResult:
     work_dir: str
     stages: list[tuple[str, str]] = field(default_factory=list)  # (what ran, its one-line outcome)
+    mlflow: str = ""  # tracking URI every training stage logged to
     failed: str = ""
 
     def summary(self) -> str:
         width = max(len(name) for name, _ in self.stages)
         lines = [f"demo finished: outputs in {self.work_dir}"]
         lines += [f"  {name:<{width}}  {outcome}" for name, outcome in self.stages]
+        if self.mlflow:
+            lines.append(f"browse the runs: .venv/bin/mlflow ui --backend-store-uri {self.mlflow}")
         return "\n".join(lines)
 
 
@@ -98,6 +101,8 @@ def run(cfg: DemoConfig) -> DemoResult:
             result.failed = f"{name}: {out.failed}"
             return result
     _tokenize_all(cfg, work, result)
+    _train_all(work, result)
+    result.mlflow = f"sqlite:///{(work / 'mlflow.db').resolve()}"
     return result
 
 
@@ -116,3 +121,44 @@ def _tokenize_all(cfg: DemoConfig, work: Path, result: DemoResult) -> None:
             crop=cfg.crop, device="cpu"))
         result.stages.append((f"tokenize {name}", f"{out.samples} samples, {out.frames} crops, vocab "
                               f"{out.vocab_size}, {out.seconds:.1f} s"))
+
+
+def _train_all(work: Path, result: DemoResult) -> None:
+    """The tiny presets of the four training stages, every run in one MLflow store in the work dir."""
+    from bevt_core.config import from_dict
+    from bevt_core.stages import evaluate, finetune, pretrain_image, pretrain_joint
+
+    tracking = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+
+    def run_opts(name: str) -> dict:
+        return {"work_dir": str(work / "runs" / name), "tracking_uri": tracking, "experiment": "bevt-demo"}
+
+    image = pretrain_image.run(from_dict(pretrain_image.PretrainImageConfig, {
+        "preset": "tiny", "images": str(work / "shards" / "images"), "image_tokens": str(work / "tokens" / "images"),
+        "run": run_opts("pretrain-image")}))
+    result.stages.append(("pretrain-image", _losses(image, "loss")))
+    joint = pretrain_joint.run(from_dict(pretrain_joint.PretrainJointConfig, {
+        "preset": "tiny", "videos": str(work / "shards" / "camera-motion" / "train"),
+        "video_tokens": str(work / "tokens" / "camera-motion" / "train"), "images": str(work / "shards" / "images"),
+        "image_tokens": str(work / "tokens" / "images"), "init": image.weights, "run": run_opts("pretrain-joint")}))
+    result.stages.append(("pretrain-joint", _losses(joint, "loss_video")))
+    for task, preset in (("scene", "k400-tiny"), ("camera-motion", "ssv2-tiny")):
+        ft = finetune.run(from_dict(finetune.FinetuneConfig, {
+            "preset": preset, "train": str(work / "shards" / task / "train"), "val": str(work / "shards" / task / "val"),
+            "init": joint.weights, "run": run_opts(f"finetune-{task}")}))
+        result.stages.append((f"finetune {task}", f"{ft.steps} steps, {ft.seconds:.1f} s, val top-1 "
+                              f"{ft.val.get('top1', float('nan')):.1%}"))
+        ev = evaluate.run(from_dict(evaluate.EvaluateConfig, {
+            "preset": preset, "weights": ft.weights, "data": str(work / "shards" / task / "val"),
+            "output": str(work / "eval" / task), "workers": 0, "tracking_uri": tracking,
+            "experiment": "bevt-demo"}))
+        result.stages.append((f"evaluate {task}", f"top-1 {ev.top1:.1%} over {ev.views} views "
+                              f"(chance {ev.chance:.1%}), confusion matrix in {work / 'eval' / task}"))
+        if ft.failed:
+            result.failed = f"finetune {task}: {ft.failed}"
+
+
+def _losses(r, key: str) -> str:
+    if key not in r.first:  # nothing left to train: the checkpoint of an earlier run was complete
+        return f"{r.steps} steps, complete from an earlier run ({r.resumed_from})"
+    return f"{r.steps} steps, {r.seconds:.1f} s, {key} {r.first[key]:.3f} -> {r.last[key]:.3f}"

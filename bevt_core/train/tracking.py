@@ -109,8 +109,8 @@ def start(setting: str, work_dir: str, experiment: str, run_name: str, params: d
     if not uri:
         return Tracker()
     # With a SQLite store MLflow would put artifacts under ./mlruns of whatever the working directory
-    # is; the embedded default keeps them beside the database instead. A server keeps its own root.
+    # is; keep them beside the database instead. A server keeps its own artifact root.
     artifacts = None
-    if setting == "auto":
-        artifacts = Path(work_dir, "mlartifacts").resolve().as_uri()
+    if uri.startswith("sqlite:///"):
+        artifacts = Path(uri[len("sqlite:///"):]).parent.joinpath("mlartifacts").resolve().as_uri()
     return MlflowTracker(uri, experiment, run_name, params, artifacts)

@@ -7,7 +7,7 @@ import subprocess
 
 from bevt_core.data.manifest import load_manifest
 from bevt_core.data.targets import load_tokens
-from tests.conftest import bevt_cli
+from tests.conftest import REPO, bevt_cli
 
 
 def test_demo_runs_every_stage_end_to_end(samples, tmp_path, cli_env):
@@ -28,6 +28,16 @@ def test_demo_runs_every_stage_end_to_end(samples, tmp_path, cli_env):
         assert {r["key"] for r in tokens.manifest.rows} == {r["key"] for r in load_manifest(str(work / "shards" / name)).rows}
         identities.add(json.dumps(tokens.record["tokenizer"], sort_keys=True))
     assert len(identities) == 1, "both streams must share one tokenizer"
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(work / 'mlflow.db').resolve()}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == "bevt-demo"])
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        ["pretrain-image", "pretrain-joint", "finetune", "finetune", "evaluate", "evaluate"])
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert not (REPO / "mlruns").exists() and (work / "mlartifacts").is_dir()
+    scene = json.loads((work / "eval" / "scene" / "metrics.json").read_text())
+    assert scene["top1"] > 2 / len(samples.scene.classes), "the scene task is learned well above chance"
     before = {p: p.read_bytes() for p in sorted(work.rglob("*.tar"))}
     again = subprocess.run(cmd, capture_output=True, text=True, env=cli_env)
     assert again.returncode == 0, again.stderr[-2000:]
