@@ -24,6 +24,7 @@ class StageCommand:
     module: str  # imported only when this command runs: `bevt --help` must not import torch
     config: str  # the config dataclass in that module
     run: str = "run"  # the stage function in that module
+    positional: str = ""  # a config field also accepted as the first argument (`bevt pipeline compile`)
 
     def load(self) -> tuple[type, Callable[[Any], Any]]:
         mod = importlib.import_module(self.module)
@@ -49,6 +50,8 @@ COMMANDS = [
                  "bevt_core.stages.demo", "SamplesConfig", "fetch_samples"),
     StageCommand("demo", "run every stage that exists end to end on the sample data", "bevt_core.stages.demo",
                  "DemoConfig"),
+    StageCommand("pipeline", "the BEVT Kubeflow pipeline: `bevt pipeline compile|submit|run-local`",
+                 "bevt_core.kube.pipeline_cli", "PipelineConfig", positional="action"),
 ]
 
 
@@ -67,6 +70,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         detail = " ".join(doc[1:]).replace("\n", " ") if len(doc) > 1 else ""
         p = sub.add_parser(cmd.name, help=cmd.summary, description=f"{cmd.summary}. {detail}")
         C.add_arguments(p, config_cls)
+        if cmd.positional:  # `bevt pipeline compile` is `bevt pipeline --action compile`
+            p.add_argument(cmd.positional, nargs="?", default=argparse.SUPPRESS, metavar=cmd.positional.upper())
         p.add_argument("--result-json", metavar="FILE", help="also write the stage result as JSON to FILE")
     return parser
 
@@ -103,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     summary = getattr(result, "summary", None)
     print(summary() if callable(summary) else result)
-    if args.result_json:
-        with open(args.result_json, "w") as f:
-            json.dump(dataclasses.asdict(result), f, indent=1, default=str)
+    if args.result_json:  # local or s3:// (a PyTorchJob's master reports through the object store)
+        from bevt_core.data import storage
+
+        storage.write_bytes(args.result_json, json.dumps(dataclasses.asdict(result), indent=1, default=str).encode())
     failed = getattr(result, "failed", "")
     if failed:
         print(f"bevt {cmd.name}: failed: {failed}", file=sys.stderr)

@@ -1,0 +1,62 @@
+"""What every KFP component does around its stage call: locate artifacts, publish the result.
+
+Duck-typed over KFP's artifact objects (``.path``, ``.uri``, ``.metadata``, ``log_metric``), so
+this module imports nothing from kfp and the components stay a few lines each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+from typing import Any
+
+from bevt_core.data import storage
+
+WEIGHTS = "weights"  # Model artifact metadata: the weights file, relative to the artifact
+
+
+def location(artifact: Any, mode: str = "local") -> str:
+    """Where a stage reads or writes ``artifact``: its local path (the KFP launcher moves the bytes),
+    or, for a PyTorchJob whose pods cannot see this pod's files, the object-store URI itself
+    (KFP on MinIO/SeaweedFS names it ``minio://bucket/key``: the same object over the S3 API)."""
+    if mode == "local":
+        return artifact.path
+    uri = artifact.uri
+    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
+
+
+def weights(model: Any, mode: str = "local") -> str:
+    """The weights file inside a Model artifact a training component wrote."""
+    return storage.join(location(model, mode), model.metadata[WEIGHTS])
+
+
+def record_weights(model: Any, weights_uri: str) -> None:
+    """Note which file of a Model artifact holds the weights (stages write it into their work dir)."""
+    model.metadata[WEIGHTS] = weights_uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _numbers(prefix: str, value: Any):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(f"{prefix}{k}_", v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        yield prefix.rstrip("_"), float(value)
+
+
+def publish(result: Any, metrics: Any, report: Any, title: str) -> dict[str, Any]:
+    """Log the result's numbers as KFP metrics, write its summary as the report (Markdown or HTML by
+    the artifact's schema), and fail the component when the stage says it failed."""
+    data = result if isinstance(result, dict) else dataclasses.asdict(result)
+    for name, value in _numbers("", data):
+        metrics.log_metric(name, value)
+    summary = result.summary() if hasattr(result, "summary") else "\n".join(f"{k}: {v}" for k, v in data.items())
+    if getattr(report, "schema_title", "") == "system.HTML":
+        text = f"<h2>{html.escape(title)}</h2><pre>{html.escape(summary)}</pre>"
+    else:
+        text = f"## {title}\n\n```\n{summary}\n```\n"
+    with open(report.path, "w") as f:
+        f.write(text)
+    if data.get("failed"):
+        raise RuntimeError(f"{title} failed: {data['failed']}")
+    return data

@@ -1,0 +1,155 @@
+"""``bevt pipeline compile|submit|run-local``: the BEVT KFP pipeline from the command line.
+
+:class:`PipelineParams` are the pipeline's run-time parameters (``pipelines/bevt.py`` declares
+the same names and defaults; a test keeps them equal), so ``--params.recipe tiny`` and a YAML
+``params:`` block work like any stage option. ``compile`` writes the IR YAML; ``submit`` compiles
+and starts a run on a KFP server with ``kfp.Client`` (bearer token or session cookie);
+``run-local`` runs the whole pipeline here with KFP's local runner, the distributed steps as
+torchrun on this machine.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bevt_core.config import at_least, non_empty, option, to_dict
+
+ACTIONS = ("compile", "submit", "run-local")
+REPO = Path(__file__).resolve().parents[2]  # pipelines/ and components/ sit beside bevt_core/
+
+
+@dataclass
+class PipelineParams:
+    pretrain_videos: str = option(help="Pretraining video list (K400-style 'path label' lines; local or s3://).",
+                                  check=non_empty)
+    images: str = option(help="Image list for the image stream.", check=non_empty)
+    train_list: str = option(help="Finetuning train video list.", check=non_empty)
+    val_list: str = option(help="Finetuning validation video list (also evaluated).", check=non_empty)
+    videos_root: str = option("", help="Folder or s3:// prefix the video lists are relative to (default: the "
+                              "list's folder).")
+    images_root: str = option("", help="Folder or s3:// prefix the image list is relative to.")
+    recipe: str = option("swin-b", help="Pretraining preset of pretrain-image and pretrain-joint (swin-b, tiny).",
+                         choices=("swin-b", "tiny"))
+    finetune_preset: str = option("k400-swin-b", help="Finetune and evaluate preset (bevt finetune --help).")
+    tokenizer: str = option("dalle", help="dalle (needs tokenizer_weights) or codebook (fitted on the data).",
+                            choices=("dalle", "codebook"))
+    tokenizer_weights: str = option("", help="DALL-E encoder.pkl URI.")
+    tokenizer_sha256: str = option("", help="Pin the SHA-256 of tokenizer_weights.")
+    views: int = option(4, help="Augmentation views tokenized per sample.", check=at_least(1))
+    crop: int = option(224, help="Training crop in pixels (the tokenizer grid follows it; tiny: 64).",
+                       check=at_least(16))
+    codebook_size: int = option(1024, help="Codebook entries when tokenizer=codebook.", check=at_least(2))
+    pretrain_frame_interval: int = option(8, help="Frame stride of the pretraining shards.", check=at_least(1))
+    finetune_frame_interval: int = option(2, help="Frame stride of the finetuning shards (SSv2: 1).",
+                                          check=at_least(1))
+    short_side: int = option(320, help="Short side of stored frames.", check=at_least(0))
+    image_epochs: float = option(0.0, help="pretrain-image epochs (0: the preset's).", check=at_least(0.0))
+    joint_epochs: float = option(0.0, help="pretrain-joint epochs (0: the preset's).", check=at_least(0.0))
+    finetune_epochs: float = option(0.0, help="finetune epochs (0: the preset's).", check=at_least(0.0))
+    max_steps: int = option(0, help="Stop every training stage after this many steps (0: all epochs).",
+                            check=at_least(0))
+    nodes: int = option(1, help="Nodes of the pretrain-joint PyTorchJob.", check=at_least(1))
+    min_nodes: int = option(0, help="> 0: pretrain-joint is elastic (torchrun c10d rendezvous) between this many "
+                            "nodes and `nodes`.", check=at_least(0))
+    finetune_nodes: int = option(1, help="Nodes of the finetune PyTorchJob.", check=at_least(1))
+    gpus_per_node: int = option(8, help="GPUs per node of the PyTorchJobs (one rank each).", check=at_least(0))
+    procs_per_node: int = option(1, help="Ranks per node without GPUs (run-local: processes).", check=at_least(1))
+    distributed_mode: str = option("kubernetes", help="How the distributed steps run: a PyTorchJob, or torchrun "
+                                   "in the step's own container.", choices=("kubernetes", "local"))
+    namespace: str = option("", help="Namespace of the PyTorchJobs (default: the launcher's).")
+    trainer_image: str = option("", help="Image of the PyTorchJobs (default: bevt_core.kube.images).")
+    tracking_uri: str = option("auto", help="MLflow tracking URI of every stage (k8s: http://bevt-mlflow:5000).")
+    workers: int = option(2, help="DataLoader workers per rank.", check=at_least(0))
+
+
+@dataclass
+class PipelineConfig:
+    action: str = option(help="compile: write the IR YAML; submit: start a run on a KFP server; run-local: run "
+                         "the whole pipeline here with KFP's local runner.", choices=ACTIONS)
+    params: PipelineParams | None = option(None, help="Pipeline parameters (submit, run-local).")
+    output: str = option("bevt-pipeline.yaml", help="compile: where to write the IR YAML.")
+    host: str = option("", help="submit: KFP API endpoint, e.g. https://kubeflow.example.com/pipeline.")
+    namespace: str = option("", help="submit: the profile namespace of a multi-user Kubeflow.")
+    experiment: str = option("bevt", help="submit: experiment name.")
+    run_name: str = option("", help="submit: run name (default: KFP's).")
+    token: str = option("", help="submit: bearer token; default: $KF_PIPELINES_TOKEN or KFP's own lookup.")
+    cookie: str = option("", help="submit: session cookie ('authservice_session=...') for Dex/oauth2-proxy "
+                         "fronted clusters; default: $KF_PIPELINES_COOKIE.")
+    service_account: str = option("", help="submit: Kubernetes service account of the run's pods (bind it to "
+                                  "k8s/base's bevt-launcher Role).")
+    pipeline_root: str = option("", help="submit / run-local: where artifacts go (s3://... / a folder; "
+                                "run-local default: a temporary folder).")
+    caching: bool = option(True, help="Reuse the outputs of steps already run with the same inputs.")
+
+    def check(self) -> str | None:
+        if self.action in ("submit", "run-local") and self.params is None:
+            return "params: required for " + self.action
+        if self.action == "submit" and not self.host:
+            return "host: required for submit"
+        return None
+
+
+def compile_pipeline(output: str) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(_pipeline(), output)
+    return output
+
+
+def _pipeline():
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from pipelines.bevt import bevt_pipeline
+
+    return bevt_pipeline
+
+
+def arguments(params: PipelineParams) -> dict[str, Any]:
+    return to_dict(params)
+
+
+def submit(cfg: PipelineConfig) -> Any:
+    import os
+
+    import kfp
+
+    client = kfp.Client(host=cfg.host, namespace=cfg.namespace or "kubeflow",
+                        existing_token=cfg.token or os.environ.get("KF_PIPELINES_TOKEN") or None,
+                        cookies=cfg.cookie or os.environ.get("KF_PIPELINES_COOKIE") or None)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(str(Path(tmp) / "bevt-pipeline.yaml"))
+        return client.create_run_from_pipeline_package(
+            package, arguments=arguments(cfg.params), run_name=cfg.run_name or None,
+            experiment_name=cfg.experiment, namespace=cfg.namespace or None, pipeline_root=cfg.pipeline_root or None,
+            enable_caching=cfg.caching, service_account=cfg.service_account or None)
+
+
+def run_local(cfg: PipelineConfig) -> Any:
+    from kfp import local
+
+    root = cfg.pipeline_root or tempfile.mkdtemp(prefix="bevt-kfp-")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, enable_caching=cfg.caching)
+    return _pipeline()(**(arguments(cfg.params) | {"distributed_mode": "local"}))
+
+
+@dataclass
+class PipelineResult:
+    action: str
+    detail: str
+
+    def summary(self) -> str:
+        return f"pipeline {self.action}: {self.detail}"
+
+
+def run(cfg: PipelineConfig) -> PipelineResult:
+    if cfg.action == "compile":
+        return PipelineResult("compile", f"wrote {compile_pipeline(cfg.output)}")
+    if cfg.action == "submit":
+        r = submit(cfg)
+        return PipelineResult("submit", f"run {r.run_id} started on {cfg.host}")
+    outputs = run_local(cfg)
+    return PipelineResult("run-local", f"finished; outputs: {outputs}")

@@ -1,0 +1,1 @@
+"""KFP pipelines of the project (see bevt.py); `bevt pipeline compile|submit|run-local` drives them."""

@@ -1,0 +1,112 @@
+"""The BEVT pipeline: shard -> tokenize -> pretrain-image -> pretrain-joint (PyTorchJob) -> finetune -> evaluate.
+
+Run-time parameters are :class:`bevt_core.kube.pipeline_cli.PipelineParams` (same names and
+defaults; a test checks). Cluster settings that KFP fixes at compile time (GPU accelerator, node
+selection, tolerations, /dev/shm, Secrets and ConfigMap as env, retries, resources) come from
+:data:`CLUSTER`; the local runner ignores them.
+"""
+
+from dataclasses import dataclass
+
+from kfp import dsl, kubernetes
+
+from bevt_core.kube.manifests import ENV_CONFIG_MAP, GPU_NODE_SELECTOR, GPU_TOLERATIONS, S3_SECRET
+from components.evaluate import evaluate
+from components.finetune import finetune
+from components.pretrain_image import pretrain_image
+from components.pretrain_joint import pretrain_joint
+from components.shard import shard_images, shard_videos
+from components.tokenize import tokenize
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    accelerator: str = "nvidia.com/gpu"
+    gpus_per_step: int = 1  # tokenize, pretrain-image and evaluate run on one GPU
+    gpu_node_selector: tuple[tuple[str, str], ...] = GPU_NODE_SELECTOR
+    gpu_tolerations: tuple[tuple[str, str, str], ...] = GPU_TOLERATIONS
+    shm_size: str = "16Gi"
+    data_retries: int = 2  # shard and tokenize resume where they stopped, so a retry redoes only the rest
+    train_retries: int = 1  # training resumes from its last checkpoint (run.resume=auto)
+    env_keys: tuple[str, ...] = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
+                                 "MLFLOW_S3_ENDPOINT_URL")
+
+
+CLUSTER = ClusterSettings()
+
+
+def _common(task: dsl.PipelineTask, cpu: str, memory: str, retries: int) -> dsl.PipelineTask:
+    task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+    # S3 credentials by reference; endpoints and the tracking URI from the bevt-env ConfigMap (k8s/base).
+    kubernetes.use_secret_as_env(task, S3_SECRET, {"access-key": "AWS_ACCESS_KEY_ID",
+                                                   "secret-key": "AWS_SECRET_ACCESS_KEY"})
+    kubernetes.use_config_map_as_env(task, ENV_CONFIG_MAP, {k: k for k in CLUSTER.env_keys}, optional=True)
+    return task
+
+
+def _gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    task.set_accelerator_type(CLUSTER.accelerator).set_accelerator_limit(CLUSTER.gpus_per_step)
+    for key, value in CLUSTER.gpu_node_selector:
+        kubernetes.add_node_selector(task, key, value)
+    for key, value, effect in CLUSTER.gpu_tolerations:
+        kubernetes.add_toleration(task, key=key, operator="Equal" if value else "Exists", value=value or None,
+                                  effect=effect)
+    # DataLoader workers hand batches over through /dev/shm (64 MiB by default in a pod).
+    kubernetes.empty_dir_mount(task, "dshm", "/dev/shm", medium="Memory", size_limit=CLUSTER.shm_size)
+    return task
+
+
+@dsl.pipeline(name="bevt", description="BEVT: BERT pretraining of video transformers, end to end.")
+def bevt_pipeline(
+    pretrain_videos: str, images: str, train_list: str, val_list: str, videos_root: str = "",
+    images_root: str = "", recipe: str = "swin-b", finetune_preset: str = "k400-swin-b", tokenizer: str = "dalle",
+    tokenizer_weights: str = "", tokenizer_sha256: str = "", views: int = 4, crop: int = 224,
+    codebook_size: int = 1024, pretrain_frame_interval: int = 8, finetune_frame_interval: int = 2,
+    short_side: int = 320, image_epochs: float = 0.0, joint_epochs: float = 0.0, finetune_epochs: float = 0.0,
+    max_steps: int = 0, nodes: int = 1, min_nodes: int = 0, finetune_nodes: int = 1, gpus_per_node: int = 8,
+    procs_per_node: int = 1,
+    distributed_mode: str = "kubernetes", namespace: str = "", trainer_image: str = "",
+    tracking_uri: str = "auto", workers: int = 2,
+):
+    pt_videos = _common(shard_videos(input_list=pretrain_videos, root=videos_root,
+                                     frame_interval=pretrain_frame_interval, short_side=short_side),
+                        "8", "16Gi", CLUSTER.data_retries).set_display_name("shard pretraining videos")
+    pt_images = _common(shard_images(input_list=images, root=images_root, short_side=short_side),
+                        "8", "16Gi", CLUSTER.data_retries).set_display_name("shard images")
+    tokenizer_args = dict(tokenizer=tokenizer, weights=tokenizer_weights, sha256=tokenizer_sha256, views=views,
+                          crop=crop, codebook_size=codebook_size)
+    video_tokens = _gpu(_common(tokenize(data=pt_videos.outputs["shards"], **tokenizer_args), "8", "32Gi",
+                                CLUSTER.data_retries)).set_display_name("tokenize videos")
+    # The image stream reuses the codebook fitted on the videos: one vocabulary for the shared lm_head.
+    image_tokens = _gpu(_common(tokenize(data=pt_images.outputs["shards"], codebook_from=video_tokens.outputs["tokens"],
+                                         **tokenizer_args), "8", "32Gi",
+                                CLUSTER.data_retries)).set_display_name("tokenize images")
+    train_args = dict(max_steps=max_steps, workers=workers, tracking_uri=tracking_uri)
+    image_model = _gpu(_common(pretrain_image(images=pt_images.outputs["shards"],
+                                              image_tokens=image_tokens.outputs["tokens"], preset=recipe,
+                                              epochs=image_epochs, **train_args), "8", "64Gi",
+                               CLUSTER.train_retries)).set_display_name("pretrain image stream")
+    placement = dict(mode=distributed_mode, gpus_per_node=gpus_per_node, procs_per_node=procs_per_node,
+                     namespace=namespace, image=trainer_image)
+    # The launcher steps only watch their PyTorchJob: small, no GPU. In local mode torchrun runs inside them.
+    joint = _common(pretrain_joint(videos=pt_videos.outputs["shards"], video_tokens=video_tokens.outputs["tokens"],
+                                   images=pt_images.outputs["shards"], image_tokens=image_tokens.outputs["tokens"],
+                                   init=image_model.outputs["model"], preset=recipe, epochs=joint_epochs, nodes=nodes,
+                                   min_nodes=min_nodes,
+                                   **train_args, **placement),
+                    "1", "2Gi", CLUSTER.train_retries).set_display_name("pretrain joint")
+    ft_train = _common(shard_videos(input_list=train_list, root=videos_root, frame_interval=finetune_frame_interval,
+                                    short_side=short_side),
+                       "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune train")
+    ft_val = _common(shard_videos(input_list=val_list, root=videos_root, frame_interval=finetune_frame_interval,
+                                  short_side=short_side),
+                     "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune val")
+    tuned = _common(finetune(train=ft_train.outputs["shards"], val=ft_val.outputs["shards"],
+                             init=joint.outputs["model"], preset=finetune_preset, epochs=finetune_epochs,
+                             nodes=finetune_nodes,
+                             **train_args, **placement),
+                    "1", "2Gi", CLUSTER.train_retries).set_display_name("finetune")
+    _gpu(_common(evaluate(model=tuned.outputs["model"], data=ft_val.outputs["shards"], preset=finetune_preset,
+                          workers=workers, tracking_uri=tracking_uri),
+                 "8", "32Gi", CLUSTER.data_retries)).set_display_name("evaluate")
