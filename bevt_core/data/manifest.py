@@ -20,7 +20,6 @@ from bevt_core.data import storage
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"
 CLASSES = "classes.json"
-PARTS = "_parts"  # see bevt_core.data.jobs
 
 SCHEMA = pa.schema([
     ("index", pa.int64()),  # position in the input list

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -77,13 +76,6 @@ def exists(uri: str | os.PathLike) -> bool:
                 return False
             raise
     return Path(uri).exists()
-
-
-def size(uri: str | os.PathLike) -> int:
-    if is_s3(uri):
-        bucket, key = split_s3(str(uri))
-        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
-    return Path(uri).stat().st_size
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:
@@ -157,21 +149,6 @@ def put_file(local_path: str | os.PathLike, uri: str | os.PathLike) -> None:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def fetch_to_local(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """A local path holding the object: the path itself when local, else a downloaded copy."""
-    if not is_s3(uri):
-        return Path(uri)
-    bucket, key = split_s3(str(uri))
-    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "bevt-s3"
-    dest = base / bucket / key
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-        s3_client().download_file(bucket, key, str(tmp))
-        os.replace(tmp, dest)
-    return dest
 
 
 def delete(uri: str | os.PathLike) -> None:
