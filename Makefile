@@ -1,5 +1,5 @@
 # The two commands of the README, plus the benchmarks. Each target sets up what it needs.
-.PHONY: demo test bench venv
+.PHONY: demo test bench venv images test-images
 
 venv:
 	@bash .ci/setup.sh
@@ -9,6 +9,15 @@ demo: venv
 
 test: venv
 	.venv/bin/python -m pytest
+
+# The stage images (docker/): built with docker, or podman (installed when missing). Names and tags:
+# bevt_core/kube/images.py (BEVT_IMAGE_REGISTRY, BEVT_IMAGE_TAG). Seconds when nothing changed.
+images:
+	bash docker/build.sh
+
+# Only the image smoke tests (tests/containers; `make test` runs them too).
+test-images: venv
+	.venv/bin/python -m pytest tests/containers
 
 # Every benchmark; each writes JSON + Markdown to tests/benchmarks/results/. Without a GPU the
 # model and tokenizer benchmarks run their reduced CPU variants (ratios only).
@@ -23,3 +32,4 @@ bench: venv
 		.venv/bin/python tests/benchmarks/bench_tokenize.py --quick && \
 		.venv/bin/python tests/benchmarks/bench_train.py --device cpu; \
 	fi
+	.venv/bin/python tests/benchmarks/report.py

@@ -46,10 +46,15 @@ COMMANDS = [
                  "bevt_core.stages.finetune", "FinetuneConfig"),
     StageCommand("evaluate", "multi-view testing of a finetuned recognizer: top-1/top-5, per-class accuracy, "
                  "confusion matrix", "bevt_core.stages.evaluate", "EvaluateConfig"),
+    StageCommand("predict", "top-k classes of a video file from a finetuned recognizer (a registered MLflow "
+                 "model or recognizer.pt), preprocessed as in evaluation", "bevt_core.stages.predict",
+                 "PredictConfig", positional="video"),
     StageCommand("samples", "fetch the real sample footage and build the derived sample tasks",
                  "bevt_core.stages.demo", "SamplesConfig", "fetch_samples"),
     StageCommand("demo", "run every stage that exists end to end on the sample data", "bevt_core.stages.demo",
                  "DemoConfig"),
+    StageCommand("study", "BEVT-mini: finetune accuracy from scratch / image / video / joint pretraining on the "
+                 "sample tasks, over several seeds", "bevt_core.stages.study", "StudyConfig"),
     StageCommand("pipeline", "the BEVT Kubeflow pipeline: `bevt pipeline compile|submit|run-local`",
                  "bevt_core.kube.pipeline_cli", "PipelineConfig", positional="action"),
 ]

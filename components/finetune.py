@@ -12,17 +12,10 @@ def finetune(train: Input[Dataset], val: Input[Dataset], init: Input[Model], mod
              metrics: Output[Metrics], report: Output[Markdown], preset: str = "k400-swin-b", epochs: float = 0.0,
              max_steps: int = 0, batch_size: int = 0, workers: int = 2, tracking_uri: str = "auto",
              mode: str = "kubernetes", nodes: int = 1, min_nodes: int = 0, gpus_per_node: int = 0,
-             procs_per_node: int = 1, namespace: str = "", image: str = "", timeout_s: float = 604800.0):
-    from bevt_core.kube import kfp_io
-    from bevt_core.kube.step import Placement, run_stage
+             procs_per_node: int = 1, namespace: str = "", image: str = "", timeout_s: float = 604800.0,
+             parent_run_id: str = ""):
+    from bevt_core.kube.step import TrainStep
 
-    at = lambda a: kfp_io.location(a, mode)  # noqa: E731
-    result = run_stage("finetune", {
-        "train": at(train), "val": at(val), "init": kfp_io.weights(init, mode), "preset": preset,
-        "schedule": {"epochs": epochs or None, "max_steps": max_steps},
-        "run": {"work_dir": at(model), "batch_size": batch_size or None, "workers": workers,
-                "tracking_uri": tracking_uri}},
-        Placement(mode=mode, nodes=nodes, elastic_min_nodes=min_nodes, gpus_per_node=gpus_per_node,
-                  procs_per_node=procs_per_node, namespace=namespace, image=image, timeout_s=timeout_s))
-    kfp_io.record_weights(model, result["weights"])
-    kfp_io.publish(result, metrics, report, "finetune")
+    step = TrainStep.pick(locals())
+    step.run("finetune", {"train": step.location(train), "val": step.location(val), "init": step.weights(init),
+                          "preset": preset}, model, metrics, report)

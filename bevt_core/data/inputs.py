@@ -16,6 +16,7 @@ Accepted forms:
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,12 @@ from bevt_core.data import storage
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".ogv", ".m4v", ".flv", ".wmv", ".3gp")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def source_root(input: str, root: str) -> str:
+    """Where the relative paths of ``input`` resolve: ``root`` if given, else the list's folder (or the
+    class-folder input itself)."""
+    return root or (os.path.dirname(input) if not Path(input).is_dir() else input)
 
 
 @dataclass(frozen=True)

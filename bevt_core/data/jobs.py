@@ -46,6 +46,14 @@ def check_same_settings(output: str, settings: dict) -> None:
     storage.write_bytes(uri, json.dumps(settings, indent=1, sort_keys=True).encode())
 
 
+def recorded_settings(output: str) -> dict:
+    """The settings :func:`check_same_settings` recorded for ``output``."""
+    uri = storage.join(output, PARTS, "settings.json")
+    if not storage.exists(uri):
+        raise ConfigError(f"{output} records no settings ({PARTS}/settings.json): not written by a bevt stage")
+    return json.loads(storage.read_bytes(uri))
+
+
 def clean_leftovers(output: str) -> None:
     """Remove temporaries of a killed run; on S3 abort its unfinished multipart uploads."""
     if storage.is_s3(output):

@@ -57,14 +57,15 @@ def sample_key(source: str) -> str:
     return f"{stem}_{hashlib.sha1(source.encode()).hexdigest()[:10]}"
 
 
-def _source_uri(settings: EncodeSettings, source: str) -> str:
+def source_uri(root: str, source: str) -> str:
+    """Where an input item's ``source`` lives: itself when absolute or s3://, else under ``root``."""
     if os.path.isabs(source) or storage.is_s3(source):
         return source
-    return storage.join(settings.root, source)
+    return storage.join(root, source)
 
 
 def _load_source(settings: EncodeSettings, source: str) -> Path | bytes:
-    uri = _source_uri(settings, source)
+    uri = source_uri(settings.root, source)
     if storage.is_s3(uri):
         try:
             data = storage.read_bytes(uri)
@@ -80,8 +81,9 @@ def _load_source(settings: EncodeSettings, source: str) -> Path | bytes:
     return path
 
 
-def _encode_item(item: InputItem, settings: EncodeSettings) -> tuple[Sample, dict]:
-    """Decode + resize + JPEG one item; returns the sample and its manifest columns."""
+def encode_item(item: InputItem, settings: EncodeSettings) -> tuple[Sample, dict]:
+    """Decode + resize + JPEG one item; returns the sample and its manifest columns. ``bevt predict``
+    prepares a video with this too, so a prediction sees exactly the pixels evaluation reads from shards."""
     source = _load_source(settings, item.source)
     key = sample_key(item.source)
     if settings.modality == "video":
@@ -121,7 +123,7 @@ def write_shard(task: ShardTask) -> ShardReport:
                     raise RejectedInput("bad_label", item.problem)
                 if item.index in task.duplicates:
                     raise RejectedInput("duplicate", f"{item.source} appears earlier in the input")
-                sample, info = _encode_item(item, task.settings)
+                sample, info = encode_item(item, task.settings)
             except RejectedInput as e:
                 rows.append(dict(base, status="rejected", reason=e.reason, detail=e.detail))
                 continue

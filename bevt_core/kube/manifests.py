@@ -42,7 +42,9 @@ def base_spec(stage: str) -> JobSpec:
         volumes=(Volume("cache", "/cache", claim=CACHE_CLAIM), Volume("config", CONFIG_DIR, config_map="bevt-config",
                                                                        read_only=True)),
         env=(("TORCH_HOME", "/cache/torch"), ("HOME", "/cache/home")), secret_env=s3_env(),
-        env_config_map=ENV_CONFIG_MAP, service_account=TRAINER_ACCOUNT)
+        env_config_map=ENV_CONFIG_MAP, service_account=TRAINER_ACCOUNT,
+        # `kubectl apply -k OVERLAY -l bevt/stage=pretrain-joint` starts one job; `-l '!bevt/stage'` the rest.
+        labels=(("bevt/stage", stage),))
 
 
 def render_base() -> dict[str, str]:

@@ -62,7 +62,10 @@ class PipelineParams:
                                    "in the step's own container.", choices=("kubernetes", "local"))
     namespace: str = option("", help="Namespace of the PyTorchJobs (default: the launcher's).")
     trainer_image: str = option("", help="Image of the PyTorchJobs (default: bevt_core.kube.images).")
-    tracking_uri: str = option("auto", help="MLflow tracking URI of every stage (k8s: http://bevt-mlflow:5000).")
+    tracking_uri: str = option("auto", help="MLflow tracking URI of every stage (k8s: http://bevt-mlflow:5000; "
+                               "run-local: auto is $MLFLOW_TRACKING_URI, else a sqlite file in the pipeline root).")
+    parent_run_id: str = option("", help="MLflow run every stage run nests under (run-local creates one, with "
+                                "the pipeline report, when tracking is on).")
     workers: int = option(2, help="DataLoader workers per rank.", check=at_least(0))
 
 
@@ -74,8 +77,10 @@ class PipelineConfig:
     output: str = option("bevt-pipeline.yaml", help="compile: where to write the IR YAML.")
     host: str = option("", help="submit: KFP API endpoint, e.g. https://kubeflow.example.com/pipeline.")
     namespace: str = option("", help="submit: the profile namespace of a multi-user Kubeflow.")
-    experiment: str = option("bevt", help="submit: experiment name.")
-    run_name: str = option("", help="submit: run name (default: KFP's).")
+    experiment: str = option("bevt", help="submit: experiment name; run-local: the MLflow experiment of the "
+                             "pipeline's parent run.")
+    run_name: str = option("", help="submit: run name (default: KFP's); run-local: the MLflow parent run's name "
+                           "(default: pipeline).")
     token: str = option("", help="submit: bearer token; default: $KF_PIPELINES_TOKEN or KFP's own lookup.")
     cookie: str = option("", help="submit: session cookie ('authservice_session=...') for Dex/oauth2-proxy "
                          "fronted clusters; default: $KF_PIPELINES_COOKIE.")
@@ -129,11 +134,28 @@ def submit(cfg: PipelineConfig) -> Any:
 
 
 def run_local(cfg: PipelineConfig) -> Any:
+    """Run the pipeline here; with tracking on, inside one parent MLflow run that ends with the report."""
     from kfp import local
+
+    from bevt_core.reports import pipeline as report
+    from bevt_core.train.tracking import resolve_uri
 
     root = cfg.pipeline_root or tempfile.mkdtemp(prefix="bevt-kfp-")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, enable_caching=cfg.caching)
-    return _pipeline()(**(arguments(cfg.params) | {"distributed_mode": "local"}))
+    args = arguments(cfg.params) | {"distributed_mode": "local"}
+    # One store for every step (auto would give each training step its own SQLite file).
+    uri = resolve_uri(cfg.params.tracking_uri, root)
+    if not uri or cfg.params.parent_run_id:
+        return _pipeline()(**args)
+    parent = report.open_run(uri, cfg.experiment, cfg.run_name or "pipeline", args)
+    args |= {"tracking_uri": uri, "parent_run_id": parent}
+    failed = True
+    try:
+        outputs = _pipeline()(**args)
+        failed = False
+        return outputs
+    finally:
+        report.close_run(uri, parent, failed)
 
 
 @dataclass

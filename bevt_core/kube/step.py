@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from bevt_core.config import from_dict, to_yaml
 from bevt_core.data import storage
-from bevt_core.kube import images, launcher
+from bevt_core.kube import images, kfp_io, launcher
 from bevt_core.kube.manifests import ENV_CONFIG_MAP, GPU_NODE_SELECTOR, GPU_TOLERATIONS, TRAINER_ACCOUNT, s3_env
 from bevt_core.kube.pytorchjob import Elastic, JobSpec, Resources, entrypoint, render
 
@@ -86,3 +86,47 @@ def run_stage(stage: str, config: dict[str, Any], placement: Placement,
     else:
         launcher.launch(render(job_spec(stage, args, placement)), placement.namespace, placement.timeout_s, say=say)
     return json.loads(storage.read_bytes(result_uri))
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """The settings every distributed training component takes, and what it does with them: run the
+    stage where ``mode`` says, note the weights file in the Model artifact, publish the result."""
+
+    mode: str
+    epochs: float
+    max_steps: int
+    batch_size: int
+    workers: int
+    tracking_uri: str
+    parent_run_id: str
+    nodes: int
+    min_nodes: int
+    gpus_per_node: int
+    procs_per_node: int
+    namespace: str
+    image: str
+    timeout_s: float
+
+    @classmethod
+    def pick(cls, arguments: dict[str, Any]) -> "TrainStep":
+        """From a component's ``locals()``: its parameters of these names."""
+        return cls(**{f: arguments[f] for f in cls.__dataclass_fields__})
+
+    def location(self, artifact: Any) -> str:
+        return kfp_io.location(artifact, self.mode)
+
+    def weights(self, model: Any) -> str:
+        return kfp_io.weights(model, self.mode)
+
+    def run(self, stage: str, inputs: dict[str, Any], model: Any, metrics: Any, report: Any) -> None:
+        """``inputs``: the stage's data and init fields; the model artifact is its work directory."""
+        result = run_stage(stage, inputs | {
+            "schedule": {"epochs": self.epochs or None, "max_steps": self.max_steps},
+            "run": {"work_dir": self.location(model), "batch_size": self.batch_size or None, "workers": self.workers,
+                    "tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id}},
+            Placement(mode=self.mode, nodes=self.nodes, elastic_min_nodes=self.min_nodes,
+                      gpus_per_node=self.gpus_per_node, procs_per_node=self.procs_per_node,
+                      namespace=self.namespace, image=self.image, timeout_s=self.timeout_s))
+        kfp_io.record_weights(model, result["weights"])
+        kfp_io.publish(result, metrics, report, stage)

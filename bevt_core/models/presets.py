@@ -20,7 +20,9 @@ SIZES: dict[str, dict[str, Any]] = {
     "b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
     "l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
 }
-TINY = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=(4, 4, 4), drop_path_rate=0.1)
+# init_std: see SwinConfig; with the official 0.02 this trunk learns appearance but never motion in a CPU budget.
+TINY = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=(4, 4, 4), drop_path_rate=0.1,
+            init_std=0.1)
 
 
 def _presets() -> dict[str, PretrainConfig | RecognizerConfig]:

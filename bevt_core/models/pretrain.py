@@ -8,6 +8,7 @@ to stage-3 resolution (one token per 16x16 pixels, and per frame for video).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -50,8 +51,8 @@ class BEVTBackbone(SwinTransformer3D):
         t = config.patch_size[0]
         self.fpn_t = nn.Sequential(nn.ConvTranspose3d(out, out, kernel_size=(t, 1, 1), stride=(t, 1, 1)))
         trunc_normal_(self.mask_token, std=0.02)
-        self.lm_down.apply(init_weights)
-        self.lm_down_st.apply(init_weights)
+        self.lm_down.apply(partial(init_weights, std=config.init_std))
+        self.lm_down_st.apply(partial(init_weights, std=config.init_std))
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Patch-embed a clip (B,3,T,H,W) or image (B,3,H,W) and put the mask token on masked cells.

@@ -14,6 +14,7 @@ Module and parameter names match the official Video Swin / BEVT checkpoints (spe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -50,6 +51,10 @@ class SwinConfig:
     # The official image path applies the 2D shift mask in every block and keeps 7x7 windows with a
     # roll even where the map is only one window wide (spec §1.7). False gives plain Swin windows.
     image_mask_quirk: bool = True
+    # Std of the truncated-normal Linear init. 0.02 is the official value for Swin-B and up; a
+    # 32-wide trunk trained for minutes starts in a plateau with it (its residual branches are too
+    # weak to pick up motion, only appearance), so the tiny presets use a larger one.
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         # YAML and CLI overrides arrive as lists; the config stays hashable and comparable.
@@ -71,10 +76,10 @@ class SwinConfig:
         return self.embed_dim * 2 ** (len(self.depths) - 1)
 
 
-def init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """Official init: truncated-normal Linear weights, unit LayerNorms; convs keep PyTorch's default."""
     if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
+        trunc_normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
@@ -410,7 +415,7 @@ class SwinTransformer3D(nn.Module):
                 )
             )
         self.norm = nn.LayerNorm(config.num_features)
-        self.apply(init_weights)
+        self.apply(partial(init_weights, std=config.init_std))
 
     def forward_stages(self, tokens: torch.Tensor, image: bool = False) -> list[torch.Tensor]:
         """Each stage's output before its patch merge, channels-last (B, D, H, W, C_i)."""

@@ -49,6 +49,7 @@ class DemoResult:
         lines = [f"demo finished: outputs in {self.work_dir}"]
         lines += [f"  {name:<{width}}  {outcome}" for name, outcome in self.stages]
         if self.mlflow:
+            lines.append(f"report of this run (also on its MLflow parent run): {self.work_dir}/report.html")
             lines.append(f"browse the runs: .venv/bin/mlflow ui --backend-store-uri {self.mlflow}")
         return "\n".join(lines)
 
@@ -77,10 +78,37 @@ def fetch_samples(cfg: SamplesConfig) -> SamplesResult:
     return SamplesResult(prepare_samples(cfg.cache_dir or None, seed=cfg.seed, profile=cfg.profile))
 
 
+EXPERIMENT = "bevt-demo"
+
+
 def run(cfg: DemoConfig) -> DemoResult:
+    """Every stage, each an MLflow run nested under one demo run that ends with the report."""
+    from bevt_core.config import to_dict
+    from bevt_core.reports import pipeline as report
+
     data = fetch_samples(cfg.samples).data
     work = Path(cfg.work_dir)
-    result = DemoResult(str(work))
+    work.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(str(work), mlflow=f"sqlite:///{(work / 'mlflow.db').resolve()}")
+    track = {"tracking_uri": result.mlflow, "experiment": EXPERIMENT,
+             "parent_run_id": report.open_run(result.mlflow, EXPERIMENT, "demo", to_dict(cfg))}
+    failed = True
+    try:
+        _stages(cfg, data, work, result, track)
+        failed = bool(result.failed)
+    finally:
+        (work / "report.html").write_text(report.close_run(result.mlflow, track["parent_run_id"], failed))
+    return result
+
+
+def _stages(cfg: DemoConfig, data, work: Path, result: DemoResult, track: dict[str, str]) -> None:
+    if prepare(cfg, data, work, result, track):
+        _train_all(work, result, track)
+
+
+def prepare(cfg: DemoConfig, data, work: Path, result: DemoResult, track: dict[str, str]) -> bool:
+    """Shard both sample tasks and the images, then tokenize the pretraining sets; False if a stage failed.
+    Both are idempotent, so `bevt study` reuses what the demo made."""
     jobs = []
     for task in (data.camera_motion, data.scene):
         for split, listing in (("train", task.train_list), ("val", task.val_list)):
@@ -88,25 +116,23 @@ def run(cfg: DemoConfig) -> DemoResult:
                 input=str(listing), root=str(task.root), classes=str(task.root / "classes.txt"),
                 output=str(work / "shards" / task.name / split), modality="video",
                 frame_interval=cfg.frame_interval, short_side=cfg.short_side, samples_per_shard=32,
-                workers=cfg.workers, max_reject_rate=0.0)))
+                workers=cfg.workers, max_reject_rate=0.0, **track)))
     jobs.append(("shard images", shard.ShardConfig(
         input=str(data.images_list), root=str(data.images_root), output=str(work / "shards" / "images"),
         modality="image", short_side=cfg.short_side, samples_per_shard=256, workers=cfg.workers,
-        max_reject_rate=0.0)))
+        max_reject_rate=0.0, **track)))
     for name, stage_cfg in jobs:
         out = shard.run(stage_cfg)
         result.stages.append((name, f"{out.ok}/{out.items} items, {out.frames} frames, "
                                     f"{out.bytes / 1e6:.1f} MB, {out.seconds:.1f} s"))
         if out.failed:
             result.failed = f"{name}: {out.failed}"
-            return result
-    _tokenize_all(cfg, work, result)
-    _train_all(work, result)
-    result.mlflow = f"sqlite:///{(work / 'mlflow.db').resolve()}"
-    return result
+            return False
+    _tokenize_all(cfg, work, result, track)
+    return True
 
 
-def _tokenize_all(cfg: DemoConfig, work: Path, result: DemoResult) -> None:
+def _tokenize_all(cfg: DemoConfig, work: Path, result: DemoResult, track: dict[str, str]) -> None:
     """One codebook, fitted on the camera-motion videos, tokenizes every pretraining set: the video and
     image streams share the lm_head, so they must share the tokenizer."""
     from bevt_core.stages import tokenize
@@ -118,20 +144,18 @@ def _tokenize_all(cfg: DemoConfig, work: Path, result: DemoResult) -> None:
         out = tokenize.run(tokenize.TokenizeConfig(
             input=str(work / "shards" / name), output=str(work / "tokens" / name), tokenizer="codebook",
             codebook="" if name == sets[0] else str(fitted), codebook_size=cfg.codebook_size, views=cfg.views,
-            crop=cfg.crop, device="cpu"))
+            crop=cfg.crop, device="cpu", **track))
         result.stages.append((f"tokenize {name}", f"{out.samples} samples, {out.frames} crops, vocab "
                               f"{out.vocab_size}, {out.seconds:.1f} s"))
 
 
-def _train_all(work: Path, result: DemoResult) -> None:
+def _train_all(work: Path, result: DemoResult, track: dict[str, str]) -> None:
     """The tiny presets of the four training stages, every run in one MLflow store in the work dir."""
     from bevt_core.config import from_dict
     from bevt_core.stages import evaluate, finetune, pretrain_image, pretrain_joint
 
-    tracking = f"sqlite:///{(work / 'mlflow.db').resolve()}"
-
     def run_opts(name: str) -> dict:
-        return {"work_dir": str(work / "runs" / name), "tracking_uri": tracking, "experiment": "bevt-demo"}
+        return {"work_dir": str(work / "runs" / name)} | track
 
     image = pretrain_image.run(from_dict(pretrain_image.PretrainImageConfig, {
         "preset": "tiny", "images": str(work / "shards" / "images"), "image_tokens": str(work / "tokens" / "images"),
@@ -145,13 +169,12 @@ def _train_all(work: Path, result: DemoResult) -> None:
     for task, preset in (("scene", "k400-tiny"), ("camera-motion", "ssv2-tiny")):
         ft = finetune.run(from_dict(finetune.FinetuneConfig, {
             "preset": preset, "train": str(work / "shards" / task / "train"), "val": str(work / "shards" / task / "val"),
-            "init": joint.weights, "run": run_opts(f"finetune-{task}")}))
+            "init": joint.weights, "run": run_opts(f"finetune-{task}"), "register_as": f"bevt-demo-{task}"}))
         result.stages.append((f"finetune {task}", f"{ft.steps} steps, {ft.seconds:.1f} s, val top-1 "
-                              f"{ft.val.get('top1', float('nan')):.1%}"))
+                              f"{ft.val.get('top1', float('nan')):.1%}, registered {ft.registered}"))
         ev = evaluate.run(from_dict(evaluate.EvaluateConfig, {
             "preset": preset, "weights": ft.weights, "data": str(work / "shards" / task / "val"),
-            "output": str(work / "eval" / task), "workers": 0, "tracking_uri": tracking,
-            "experiment": "bevt-demo"}))
+            "output": str(work / "eval" / task), "workers": 0} | track))
         result.stages.append((f"evaluate {task}", f"top-1 {ev.top1:.1%} over {ev.views} views "
                               f"(chance {ev.chance:.1%}), confusion matrix in {work / 'eval' / task}"))
         if ft.failed:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
-from bevt_core.config import ConfigError, at_least, non_empty, option, to_dict
+from bevt_core.config import ConfigError, at_least, non_empty, option
 from bevt_core.data import storage
 from bevt_core.models import Recognizer3D, RecognizerConfig, SwinConfig
 from bevt_core.train import evaluation, tracking
@@ -32,8 +32,10 @@ class EvaluateConfig:
     clip: ClipOptions = option(ClipOptions, help="Frame sampling and views.")
     max_views: int = option(0, help="At most this many views per forward (memory bound; 0: all).", check=at_least(0))
     workers: int = option(2, help="Dataloader workers.", check=at_least(0))
-    tracking_uri: str = option("auto", help="MLflow tracking URI; auto: sqlite file in --output when local; none: off.")
+    tracking_uri: str = option("auto", help="MLflow tracking URI; auto: $MLFLOW_TRACKING_URI when set, else "
+                               "a sqlite file in --output when local; none: off.")
     experiment: str = option("bevt", help="MLflow experiment name.")
+    parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -64,22 +66,39 @@ class EvaluateResult:
                 + (f"\n  MLflow run {self.run_id}" if self.run_id else ""))
 
 
-def load_recognizer(uri: str) -> tuple[Recognizer3D, list[str]]:
-    payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
-    meta = payload.get("meta", {})
+def load_recognizer(uri: str, field_name: str = "weights") -> tuple[Recognizer3D, dict]:
+    """The model and its checkpoint meta (classes, model config, preprocessing recipe); errors name ``field_name``."""
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise ConfigError(f"{field_name}: {uri} does not exist") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 -- on foreign bytes torch.load raises UnpicklingError, KeyError, EOFError, ...
+        raise ConfigError(f"{field_name}: {uri} is not a checkpoint torch loads with weights_only") from None
+    meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
     if meta.get("format") != "recognizer":
-        raise ConfigError(f"weights: {uri} is not a finetuned recognizer written by `bevt finetune`")
+        raise ConfigError(f"{field_name}: {uri} is not a finetuned recognizer written by `bevt finetune`")
     config = dict(meta["config"])
     swin = SwinConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.pop("swin").items()})
     model = Recognizer3D(RecognizerConfig(swin=swin, **config))
     model.load_state_dict(payload["state_dict"])
-    return model, list(meta["classes"])
+    return model, meta
 
 
 def run(cfg: EvaluateConfig) -> EvaluateResult:
+    with tracking.stage_run("evaluate", cfg, cfg.tracking_uri, cfg.output, cfg.experiment, cfg.parent_run_id,
+                            cfg.output) as tracker:
+        return _evaluate(cfg, tracker)
+
+
+def _evaluate(cfg: EvaluateConfig, tracker: tracking.Tracker) -> EvaluateResult:
+    from bevt_core.reports import stage as report
+
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, classes = load_recognizer(cfg.weights)
+    model, meta = load_recognizer(cfg.weights)
+    classes = list(meta["classes"])
     model.to(device)
     spec = cfg.clip.spec()
     data = clip_stream(cfg.data, spec, False, 1, 0, 1, 0)
@@ -88,12 +107,8 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     probs, labels = evaluation.predict(model, loader(data, cfg.workers), device, cfg.max_views or None)
     m = evaluation.metrics(probs, labels)
     files = evaluation.write_report(m, classes, cfg.output)
-    tracker = tracking.start(cfg.tracking_uri, cfg.output, cfg.experiment, "evaluate", to_dict(cfg), True)
     result = EvaluateResult(cfg.output, m.samples, spec.test_clips * spec.test_crops, m.top1, m.top5,
                             m.mean_class_accuracy, 1 / len(classes), time.perf_counter() - start, files,
                             tracker.run_id)
-    tracker.metrics({k: v for k, v in asdict(result).items() if isinstance(v, float)}, 0)
-    for uri in files.values():
-        tracker.artifact(uri)
-    tracker.finish()
+    report.evaluation(tracker, result, m.per_class_accuracy, classes)
     return result

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bevt_core.config import at_least, between, non_empty, option, to_dict, to_yaml
+from bevt_core.config import ConfigError, at_least, between, non_empty, option, to_dict, to_yaml
 from bevt_core.data import storage
 from bevt_core.data.manifest import load_manifest
 from bevt_core.models import load_checkpoint
-from bevt_core.train import evaluation
+from bevt_core.serving.recipe import META_KEY, Recipe, first_video
+from bevt_core.train import evaluation, tracking
 from bevt_core.train.common import ModelOptions, build, rank_seed, save_weights, session
 from bevt_core.train.engine import Task, train
 from bevt_core.train.optim import backbone_mult_keys, layer_decay_keys, param_groups, pretrain_keys
@@ -113,9 +114,17 @@ class FinetuneConfig:
     optim: OptimConfig = option(OptimConfig, help="Optimizer.")
     schedule: ScheduleConfig = option(ScheduleConfig, help="Schedule.")
     clip: ClipOptions = option(ClipOptions, help="Frame sampling and augmentation.")
+    register_as: str = option("", help="Register the finetuned model in the MLflow model registry under this "
+                              "name (a pyfunc model `mlflow models serve` serves; `bevt predict --model`). "
+                              "Empty: don't register.")
 
     def __post_init__(self) -> None:
         apply_preset(self, PRESETS)
+
+    def check(self) -> str | None:
+        if self.register_as and self.run.tracking_uri.lower() == "none":
+            return "register_as: registering needs MLflow tracking (run.tracking_uri is none)"
+        return None
 
 
 def clip_stream(root: str, spec: ClipSpec, train_mode: bool, micro_batch: int, rank: int, world: int,
@@ -150,6 +159,10 @@ def run(cfg: FinetuneConfig) -> TrainStageResult:
         spec = cfg.clip.spec()
         data = clip_stream(cfg.train, spec, True, r.batch_size, env.rank, env.world, r.seed)
         classes = data.manifest.classes
+        recipe = Recipe.of_training(cfg.train, spec)  # how `bevt predict` prepares a video for this model
+        registry = tracking.resolve_uri(r.tracking_uri, r.work_dir) if cfg.register_as else ""
+        if cfg.register_as and not registry:  # "auto" finds no store for an s3:// work dir
+            raise ConfigError("register_as: registering needs MLflow tracking; give --run.tracking-uri")
         model = build(cfg.model, r, num_classes=len(classes), num_frames=spec.clip_len, image_size=spec.crop)
         if cfg.init:
             loaded = load_checkpoint(model, cfg.init, strict=False)
@@ -190,9 +203,11 @@ def run(cfg: FinetuneConfig) -> TrainStageResult:
                                      KEYS if not cfg.mixup else ("loss",), s.tracker.run_id)
         if env.main and not result.stopped:
             save_weights({k: v.detach().cpu() for k, v in final.state_dict().items()}, weights,
-                         {"format": "recognizer", "config": to_dict(model.config), "classes": classes})
+                         {"format": "recognizer", "config": to_dict(model.config), "classes": classes,
+                          META_KEY: recipe.to_meta()})
             s.tracker.artifact_text("config.yaml", to_yaml(cfg))
-            s.tracker.tags({"weights": weights, "init": getattr(cfg, "init", "") or ""})
+            s.tracker.tags({"weights": weights, "checkpoint": result.checkpoint,
+                            "init": getattr(cfg, "init", "") or ""})
             if cfg.val:
                 val = clip_stream(cfg.val, cfg.clip.spec(1, 1), False, 1, 0, 1, r.seed)
                 probs, labels = evaluation.predict(final, loader(val, r.workers), env.device)
@@ -200,4 +215,10 @@ def run(cfg: FinetuneConfig) -> TrainStageResult:
                 out.val = {"top1": m.top1, "top5": m.top5, "mean_class_accuracy": m.mean_class_accuracy,
                            "chance": 1 / len(classes)}
                 s.tracker.metrics({f"val_{k}": v for k, v in out.val.items()}, result.steps)
+            if cfg.register_as:
+                from bevt_core.serving.pyfunc import register
+
+                out.registered = register(registry, s.tracker.run_id, weights, cfg.register_as,
+                                          first_video(cfg.train))
+                s.say(f"registered {out.registered}")
         return out

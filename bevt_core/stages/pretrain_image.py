@@ -17,6 +17,7 @@ import torch
 from bevt_core.config import non_empty, option, to_dict, to_yaml
 from bevt_core.data import storage
 from bevt_core.models.checkpoint import TABLE_KEY
+from bevt_core.reports import masked
 from bevt_core.train import pretrain_data
 from bevt_core.train.common import ModelOptions, build, rank_seed, save_weights, session
 from bevt_core.train.engine import Task, train
@@ -98,5 +99,11 @@ def run(cfg: PretrainImageConfig) -> TrainStageResult:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             save_weights(image_checkpoint(state, model.config.swin.window_size), weights, {"format": "swin-2d"})
             s.tracker.artifact_text("config.yaml", to_yaml(cfg))
-            s.tracker.tags({"weights": weights, "init": getattr(cfg, "init", "") or ""})
+            s.tracker.tags({"weights": weights, "checkpoint": result.checkpoint,
+                            "init": getattr(cfg, "init", "") or ""})
+            if s.tracker.run_id:
+                data.set_position(0, 0)
+                image, mask, target = pretrain_data.image_inputs(next(iter(loader(data, 0))), ids)
+                s.tracker.artifact_bytes("plots/masked_prediction.png", masked.figure(
+                    model, image, mask, mask, target, data.token_set, "pretrain-image: masked image modeling"))
         return TrainStageResult.build("pretrain-image", r.work_dir, weights, result, KEYS, s.tracker.run_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from bevt_core.config import at_least, non_empty, option, to_dict, to_yaml
 from bevt_core.data import storage
 from bevt_core.models import load_checkpoint
+from bevt_core.reports import masked
 from bevt_core.train import pretrain_data
 from bevt_core.train.common import ModelOptions, build, rank_seed, save_weights, session
 from bevt_core.train.engine import Task, train
@@ -43,9 +44,9 @@ KEYS = ("loss", "loss_video", "acc_video", "loss_image", "acc_image")
 class PretrainJointConfig:
     videos: str = option(help="Video shard directory (pretraining shards: frame interval 8).", check=non_empty)
     video_tokens: str = option(help="Token directory for --videos.", check=non_empty)
-    images: str = option(help="Image shard directory.", check=non_empty)
-    image_tokens: str = option(help="Token directory for --images.", check=non_empty)
     run: RunConfig = option(help="Execution settings.")
+    images: str = option("", help="Image shard directory. Empty: the video stream alone (the video-only ablation).")
+    image_tokens: str = option("", help="Token directory for --images.")
     init: str = option("", help="Initial weights: the pretrain-image checkpoint (2D, inflated to 3D) or a 3D "
                        "BEVT checkpoint. Empty: random init.")
     preset: str = option("swin-b", help=f"Recipe the unset fields come from: {', '.join(PRESETS)}.")
@@ -62,6 +63,11 @@ class PretrainJointConfig:
     def __post_init__(self) -> None:
         apply_preset(self, PRESETS)
 
+    def check(self) -> str | None:
+        if bool(self.images) != bool(self.image_tokens):
+            return "image_tokens: give both --images and --image-tokens, or neither (video stream alone)"
+        return None
+
 
 def run(cfg: PretrainJointConfig) -> TrainStageResult:
     with session(cfg, "pretrain-joint") as s:
@@ -70,9 +76,10 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
         videos = pretrain_data.stream(cfg.videos, cfg.video_tokens, clip_len=cfg.clip_len, frame_stride=1,
                                       micro_batch=r.batch_size, **common)
         images = pretrain_data.stream(cfg.images, cfg.image_tokens, clip_len=1, frame_stride=1,
-                                      micro_batch=cfg.image_batch_size, cycle=True, **common)
-        vocab = {int(t.record["tokenizer"]["vocab_size"]) for t in (videos.token_set, images.token_set)}
-        if len(vocab) != 1 or videos.token_set.record["tokenizer"]["sha256"] != images.token_set.record["tokenizer"]["sha256"]:
+                                      micro_batch=cfg.image_batch_size, cycle=True, **common) if cfg.images else None
+        token_sets = [videos.token_set] + ([images.token_set] if images else [])
+        vocab = {int(t.record["tokenizer"]["vocab_size"]) for t in token_sets}
+        if len(vocab) != 1 or len({t.record["tokenizer"]["sha256"] for t in token_sets}) != 1:
             raise ValueError("video_tokens and image_tokens were made by different tokenizers; the shared lm_head "
                              "needs one vocabulary")
         model = build(cfg.model, r, vocab_size=vocab.pop(), num_frames=cfg.clip_len)
@@ -85,17 +92,21 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
         image_iter = {}
 
         def batches(epoch: int, start: int):
+            videos.set_position(epoch, start)
+            if images is None:
+                yield from ({"video": video, "image": None} for video in loader(videos, r.workers))
+                return
             if "it" not in image_iter:  # one cycling image stream for the whole run, from the same global position
                 g = epoch * videos.micro_steps + start
                 images.set_position(g // images.micro_steps, g % images.micro_steps)
                 image_iter["it"] = iter(loader(images, r.workers))
-            videos.set_position(epoch, start)
             for video in loader(videos, r.workers):
                 yield {"video": video, "image": next(image_iter["it"])}
 
         def loss(net, batch):
+            image = batch["image"]
             return net(video=pretrain_data.video_inputs(batch["video"], ids),
-                       image=pretrain_data.image_inputs(batch["image"], ids))
+                       image=None if image is None else pretrain_data.image_inputs(image, ids))
 
         task = Task(model, param_groups(model, cfg.optim.lr, cfg.optim.weight_decay, pretrain_keys()),
                     videos.micro_steps, r.batch_size, batches, loss, find_unused_parameters=True)
@@ -105,5 +116,13 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
             save_weights({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights,
                          {"format": "bevt-3d", "model": cfg.model.name})
             s.tracker.artifact_text("config.yaml", to_yaml(cfg))
-            s.tracker.tags({"weights": weights, "init": getattr(cfg, "init", "") or ""})
-        return TrainStageResult.build("pretrain-joint", r.work_dir, weights, result, KEYS, s.tracker.run_id)
+            s.tracker.tags({"weights": weights, "checkpoint": result.checkpoint,
+                            "init": getattr(cfg, "init", "") or ""})
+            if s.tracker.run_id:
+                videos.set_position(0, 0)
+                clip, in_mask, out_mask, target = pretrain_data.video_inputs(next(iter(loader(videos, 0))), ids)
+                s.tracker.artifact_bytes("plots/masked_prediction.png", masked.figure(
+                    model, clip, in_mask, out_mask, target, videos.token_set,
+                    "pretrain-joint: video stream (tube masks), first frame"))
+        keys = KEYS if images is not None else tuple(k for k in KEYS if "image" not in k)
+        return TrainStageResult.build("pretrain-joint", r.work_dir, weights, result, keys, s.tracker.run_id)

@@ -12,12 +12,11 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bevt_core.config import ConfigError, at_least, between, non_empty, option
 from bevt_core.data import jobs, manifest, storage
 from bevt_core.data.decode import REASONS
-from bevt_core.data.inputs import IMAGE_EXTS, VIDEO_EXTS, read_inputs
+from bevt_core.data.inputs import IMAGE_EXTS, VIDEO_EXTS, read_inputs, source_root
 from bevt_core.data.shards import shard_name
 from bevt_core.data.sharding import EncodeSettings, ShardTask, write_shard
 
@@ -51,6 +50,10 @@ class ShardConfig:
                                     "is rejected; the outputs are still written for inspection.",
                                     check=between(0.0, 1.0))
     progress: bool = option(True, help="Show a progress bar on stderr.")
+    tracking_uri: str = option("auto", help="MLflow tracking URI of this stage's run; auto: $MLFLOW_TRACKING_URI "
+                               "when set, else no run (no database goes among the shards); none: off.")
+    experiment: str = option("bevt", help="MLflow experiment name (a nested run goes in its parent's).")
+    parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
 
     def check(self) -> str | None:
         if any(ch in self.prefix for ch in "/.\\ "):
@@ -95,8 +98,20 @@ _CONTENT_FIELDS = ("input", "root", "modality", "classes", "frame_interval", "ma
 
 
 def run(cfg: ShardConfig) -> ShardResult:
+    from bevt_core.reports import stage as report
+    from bevt_core.train import tracking
+
+    with tracking.stage_run("shard", cfg, cfg.tracking_uri, None, cfg.experiment, cfg.parent_run_id,
+                            cfg.output) as tracker:
+        result = _shard(cfg)
+        report.shard(tracker, result)
+        tracker.mark_failed(result.failed)
+    return result
+
+
+def _shard(cfg: ShardConfig) -> ShardResult:
     start = time.perf_counter()
-    root = cfg.root or (os.path.dirname(cfg.input) if not Path(cfg.input).is_dir() else cfg.input)
+    root = source_root(cfg.input, cfg.root)
     exts = VIDEO_EXTS if cfg.modality == "video" else IMAGE_EXTS
     try:
         items, classes = read_inputs(cfg.input, cfg.classes, cfg.video_ext, exts)

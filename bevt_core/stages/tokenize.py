@@ -75,6 +75,10 @@ class TokenizeConfig:
     threads: int = option(0, help="Threads decoding and augmenting samples ahead of the tokenizer "
                           "(0: one per CPU core).", check=at_least(0))
     progress: bool = option(True, help="Show a progress bar on stderr.")
+    tracking_uri: str = option("auto", help="MLflow tracking URI of this stage's run; auto: $MLFLOW_TRACKING_URI "
+                               "when set, else no run; none: off.")
+    experiment: str = option("bevt", help="MLflow experiment name (a nested run goes in its parent's).")
+    parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
 
     def check(self) -> str | None:
         if self.crop % CELL:
@@ -269,6 +273,17 @@ class _Report:
 
 
 def run(cfg: TokenizeConfig) -> TokenizeResult:
+    from bevt_core.reports import stage as report
+    from bevt_core.train import tracking
+
+    with tracking.stage_run("tokenize", cfg, cfg.tracking_uri, None, cfg.experiment, cfg.parent_run_id,
+                            cfg.output) as tracker:
+        result = _tokenize(cfg)
+        report.tokenize(tracker, result)
+    return result
+
+
+def _tokenize(cfg: TokenizeConfig) -> TokenizeResult:
     start = time.perf_counter()
     try:
         data = load_manifest(cfg.input)

@@ -87,6 +87,13 @@ class CodebookTokenizer(Tokenizer):
     def to_bytes(self) -> bytes:
         return codebook_bytes(self.centroids)
 
+    def patches(self) -> np.ndarray:
+        """``(K, 8, 8, 3)`` uint8: the tokenizer-input patch each id stands for (its structure plus
+        its mean colour), so ids can be drawn back as pixels."""
+        structure = self.centroids[:, :PATCH * PATCH * 3].reshape(-1, PATCH, PATCH, 3)
+        mean = self.centroids[:, PATCH * PATCH * 3:] / COLOUR_WEIGHT
+        return np.clip(structure + mean[:, None, None, :], 0, 255).round().astype(np.uint8)
+
     @classmethod
     def load(cls, uri: str, sha256: str = "", **kwargs) -> "CodebookTokenizer":
         data = storage.read_bytes(uri)

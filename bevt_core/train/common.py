@@ -8,8 +8,9 @@ from typing import Any, Iterator
 
 import torch
 
-from bevt_core.config import option, to_dict
+from bevt_core.config import option
 from bevt_core.models import build_model
+from bevt_core.reports import stage as report
 from bevt_core.train import distributed, tracking
 from bevt_core.train.engine import seed_everything
 from bevt_core.train.options import RunConfig
@@ -50,14 +51,13 @@ def session(cfg: Any, stage: str) -> Iterator[Session]:
     run: RunConfig = cfg.run
     env = distributed.from_env(run.timeout_s)
     seed_everything(run.seed)  # same on every rank: identical initial weights, as the official set_random_seed
-    tracker = tracking.start(run.tracking_uri, run.work_dir, run.experiment, stage, to_dict(cfg), env.main)
-    tracker.tags({"stage": stage, "world_size": str(env.world)})
-    status = "FAILED"
     try:
-        yield Session(env, tracker)
-        status = "FINISHED"
+        with tracking.stage_run(stage, cfg, run.tracking_uri, run.work_dir, run.experiment, run.parent_run_id,
+                                run.work_dir, env.main, system_metrics=True) as tracker:
+            tracker.tags({"stage": stage, "world_size": str(env.world)})
+            yield Session(env, tracker)
+            report.training_curves(tracker)
     finally:
-        tracker.finish(status)
         distributed.shutdown()
 
 

@@ -213,6 +213,7 @@ def _train(task: Task, run: RunConfig, optim: OptimConfig, sched: ScheduleConfig
                                       f"{position.step + 1}; stopped without saving, the last good checkpoint is "
                                       f"{store.latest() or '(none yet)'}")
                     say(f"ERROR: {result.stopped}")
+                    tracker.mark_failed(result.stopped)  # the MLflow run ends FAILED, its outputs unrecorded
                     result.checkpoint = store.latest() or ""
                     break
                 if scaler:

@@ -75,9 +75,10 @@ class RunConfig:
     resume: str = option("auto", help="auto: continue from the newest checkpoint in work_dir if there is one; "
                          "never: start over; or a checkpoint URI.")
     log_every: int = option(1, help="Log metrics every N optimizer steps.", check=at_least(1))
-    tracking_uri: str = option("auto", help="MLflow tracking URI; auto: sqlite file in work_dir when it is local; "
-                               "'none' disables tracking.")
-    experiment: str = option("bevt", help="MLflow experiment name.")
+    tracking_uri: str = option("auto", help="MLflow tracking URI; auto: $MLFLOW_TRACKING_URI when set, else a "
+                               "sqlite file in work_dir when it is local; 'none' disables tracking.")
+    experiment: str = option("bevt", help="MLflow experiment name (a nested run goes in its parent's).")
+    parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
     timeout_s: float = option(600.0, help="A rank that makes no progress for this long (a peer died or hangs) "
                               "exits every rank with an error.", check=at_least(1.0))
     peak_tflops: float = option(0.0, help="Accelerator peak dense TFLOP/s for MFU (0: known GPUs are detected; "

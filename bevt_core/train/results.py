@@ -24,6 +24,7 @@ class TrainStageResult:
     val: dict[str, float] = field(default_factory=dict)
     resumed_from: str = ""
     run_id: str = ""
+    registered: str = ""  # models:/NAME/VERSION when the stage registered its model
     failed: str = ""
 
     @classmethod
@@ -44,6 +45,8 @@ class TrainStageResult:
                      + (f"; resumed from {self.resumed_from}" if self.resumed_from else ""))
         if self.run_id:
             lines.append(f"  MLflow run {self.run_id}")
+        if self.registered:
+            lines.append(f"  registered model {self.registered}")
         if self.failed:
             lines.append(f"  FAILED: {self.failed}")
         return "\n".join(lines)

@@ -32,9 +32,15 @@ def test_demo_runs_every_stage_end_to_end(samples, tmp_path, cli_env):
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(work / 'mlflow.db').resolve()}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == "bevt-demo"])
-    assert sorted(r.info.run_name for r in runs) == sorted(
-        ["pretrain-image", "pretrain-joint", "finetune", "finetune", "evaluate", "evaluate"])
+    (parent,) = [r for r in runs if r.info.run_name == "demo"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1, "every stage run nests under the demo run"
+    assert sorted(r.info.run_name for r in children) == sorted(
+        ["shard"] * 5 + ["tokenize"] * 3 + ["pretrain-image", "pretrain-joint", "finetune", "finetune", "evaluate",
+                                            "evaluate"])
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert "report.html" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "pretrain-joint" in (work / "report.html").read_text()
     assert not (REPO / "mlruns").exists() and (work / "mlartifacts").is_dir()
     scene = json.loads((work / "eval" / "scene" / "metrics.json").read_text())
     assert scene["top1"] > 2 / len(samples.scene.classes), "the scene task is learned well above chance"

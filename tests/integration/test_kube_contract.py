@@ -19,10 +19,7 @@ import torch
 import yaml
 
 from bevt_core.kube import pytorchjob as pj
-from bevt_core.stages.shard import ShardConfig
-from bevt_core.stages.shard import run as shard
-from bevt_core.stages.tokenize import TokenizeConfig
-from bevt_core.stages.tokenize import run as tokenize
+from tests.joint import finished_line, joint_config, prepare_joint_data
 from tests.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -32,20 +29,7 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def joint_data(samples, tmp_path_factory) -> Path:
     """A handful of real clips and photos, sharded and tokenized (shared codebook), 64 px."""
-    root = tmp_path_factory.mktemp("contract")
-    (root / "videos.txt").write_text("\n".join(samples.scene.train_list.read_text().splitlines()[:8]) + "\n")
-    (root / "images.txt").write_text("\n".join(samples.images_list.read_text().splitlines()[:16]) + "\n")
-    shard(ShardConfig(input=str(root / "videos.txt"), root=str(samples.scene.root), output=str(root / "videos"),
-                      short_side=64, frame_interval=2, progress=False, workers=1))
-    shard(ShardConfig(input=str(root / "images.txt"), root=str(samples.images_root), output=str(root / "images"),
-                      modality="image", short_side=64, progress=False, workers=1))
-    tokenize(TokenizeConfig(input=str(root / "videos"), output=str(root / "vtok"), tokenizer="codebook",
-                            codebook_size=32, crop=64, views=1, fit_samples=8, fit_iters=5, progress=False,
-                            threads=1))
-    tokenize(TokenizeConfig(input=str(root / "images"), output=str(root / "itok"), tokenizer="codebook",
-                            codebook=str(root / "vtok" / "codebook.npz"), crop=64, views=1, progress=False,
-                            threads=1))
-    return root
+    return prepare_joint_data(samples, tmp_path_factory.mktemp("contract"))
 
 
 OPERATOR_VARS = {"PYTHONUNBUFFERED", "MASTER_ADDR", "PET_MASTER_ADDR", "MASTER_PORT", "PET_MASTER_PORT", "WORLD_SIZE",
@@ -58,12 +42,7 @@ ELASTIC_VARS = {"PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_MAX_RESTARTS"}
 def test_master_and_worker_with_only_the_operator_env_train_together(joint_data, tmp_path, elastic):
     config = tmp_path / "pretrain-joint.yaml"
     batch = 2
-    config.write_text(yaml.safe_dump({
-        "preset": "tiny", "videos": str(joint_data / "videos"), "video_tokens": str(joint_data / "vtok"),
-        "images": str(joint_data / "images"), "image_tokens": str(joint_data / "itok"),
-        "image_batch_size": 2, "schedule": {"max_steps": 2},
-        "run": {"work_dir": str(tmp_path / "work"), "batch_size": batch, "workers": 0, "tracking_uri": "none",
-                "timeout_s": 120}}))
+    config.write_text(yaml.safe_dump(joint_config(joint_data, tmp_path / "work", batch)))
     job = pj.manifest(pj.JobSpec(name="bevt-contract", image="unused", args=pj.entrypoint("pretrain-joint", str(config)),
                                  workers=1, nproc_per_node=1, port=free_port(), env=(("OMP_NUM_THREADS", "1"),),
                                  elastic=elastic))
@@ -88,7 +67,7 @@ def test_master_and_worker_with_only_the_operator_env_train_together(joint_data,
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + "\n---\n" + outs[1][-3000:]
     # World size 2: each optimizer step consumed one micro-batch per rank, and both ranks finished it.
     for out in outs:
-        assert f"pretrain-joint: 2 steps, {2 * 2 * batch} samples" in out, out[-2000:]
+        assert finished_line(2, batch) in out, out[-2000:]
     weights = torch.load(tmp_path / "work" / "bevt_pretrain.pt", weights_only=True)
     assert weights["meta"]["format"] == "bevt-3d"
 

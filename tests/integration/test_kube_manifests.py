@@ -122,6 +122,16 @@ def test_stage_configs_load_as_typed_configs(rendered):
         assert cfg.run.tracking_uri == "http://bevt-mlflow:5000"
 
 
+def test_only_the_training_jobs_carry_the_stage_label(rendered):
+    """The README applies the services with `-l '!bevt/stage'`, then one job at a time with
+    `-l bevt/stage=STAGE`: finetuning must not start before the pretraining it loads has finished."""
+    _, docs = rendered
+    staged = {d["metadata"]["name"]: d["metadata"]["labels"]["bevt/stage"] for d in docs
+              if "bevt/stage" in d["metadata"].get("labels", {})}
+    assert staged == {"bevt-pretrain-joint": "pretrain-joint", "bevt-finetune": "finetune"}
+    assert {d["kind"] for d in docs if d["metadata"]["name"] in staged} == {"PyTorchJob"}
+
+
 def test_secrets_are_referenced_never_embedded(rendered):
     _, docs = rendered
     assert not kinds(docs, "Secret")

@@ -1,0 +1,170 @@
+"""Stage ``study``: BEVT-mini, what each kind of pretraining buys on the sample tasks.
+
+The paper's ablation at small scale: the same finetune recipe started from four initialisations,
+on the temporal task (camera-motion, SSv2-like) and the appearance task (scene, K400-like):
+
+``scratch``  no pretraining;
+``image``    the image stream alone (``pretrain-image``, the 2D checkpoint inflated to 3D: BEVT-I);
+``video``    the video stream alone, from a random init (``pretrain-joint`` without images: BEVT-V);
+``joint``    BEVT: image stream, then both streams initialised from it.
+
+Every pretraining and finetuning run is repeated per seed; the table gives the mean and the spread
+(sample standard deviation) of single-view validation top-1. Data preparation is the demo's
+(shards and tokens, idempotent), so a study after a demo reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bevt_core.config import at_least, from_dict, non_empty, option, to_dict
+from bevt_core.stages.demo import DemoConfig, DemoResult, fetch_samples, prepare
+from bevt_core.train.results import TrainStageResult
+
+ARMS = ("scratch", "image", "video", "joint")
+TASKS = {"camera-motion": "ssv2-tiny", "scene": "k400-tiny"}  # task -> finetune preset
+
+
+def arms_check(value) -> str | None:
+    unknown = [a for a in value if a not in ARMS]
+    return f"unknown arms {unknown}; choose from {', '.join(ARMS)}" if unknown else None
+
+
+@dataclass
+class StudyConfig:
+    work_dir: str = option("work/study", help="Where the study writes its runs, study.json, study.md and study.png.")
+    seeds: tuple[int, ...] = option((0, 1, 2), help="Seeds: each repeats every pretraining and finetuning run.",
+                                    check=non_empty)
+    arms: tuple[str, ...] = option(ARMS, help=f"Initialisations to compare: {', '.join(ARMS)}.", check=arms_check)
+    max_steps: int = option(0, help="Cut every pretraining and finetuning run to this many steps (0: the presets' "
+                            "epochs); for smoke runs, not for numbers.", check=at_least(0))
+    data: DemoConfig = option(DemoConfig, help="Sample data and its shards and tokens, made as the demo makes them "
+                              "(data.work_dir: where; the demo's by default, so they are shared).")
+
+
+@dataclass
+class Cell:
+    arm: str
+    task: str
+    top1: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.top1)
+
+    @property
+    def spread(self) -> float:
+        return statistics.stdev(self.top1) if len(self.top1) > 1 else 0.0
+
+
+@dataclass
+class StudyResult:
+    work_dir: str
+    seeds: tuple[int, ...]
+    cells: list[Cell]
+    chance: dict[str, float]
+    pretraining: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)  # seed -> arm -> last losses
+    failed: str = ""
+
+    def table(self) -> str:
+        tasks = list(self.chance)
+        lines = ["| initialisation | " + " | ".join(f"{t} top-1" for t in tasks) + " |",
+                 "|---" * (len(tasks) + 1) + "|"]
+        for arm in dict.fromkeys(c.arm for c in self.cells):
+            row = {c.task: c for c in self.cells if c.arm == arm}
+            lines.append(f"| {arm} | " + " | ".join(f"{row[t].mean:.1%} ± {row[t].spread:.1%}" for t in tasks) + " |")
+        lines.append("| chance | " + " | ".join(f"{self.chance[t]:.1%}" for t in tasks) + " |")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        return (f"BEVT-mini: single-view val top-1, mean ± std over seeds {list(self.seeds)}\n{self.table()}\n"
+                f"written to {self.work_dir}/study.md, study.json, study.png")
+
+
+def _pretrain(cfg: StudyConfig, prepared: Path, seed: int) -> dict[str, TrainStageResult | None]:
+    """The pretraining run behind each arm for one seed (None: from scratch)."""
+    from bevt_core.stages import pretrain_image, pretrain_joint
+
+    def run_opts(name: str) -> dict:
+        return {"work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / name), "seed": seed, "tracking_uri": "none"}
+
+    def stage(extra: dict, name: str) -> dict:
+        return {"preset": "tiny", **extra, "run": run_opts(name), "schedule": {"max_steps": cfg.max_steps}}
+
+    shards, tokens = prepared / "shards", prepared / "tokens"
+    video = {"videos": str(shards / "camera-motion" / "train"), "video_tokens": str(tokens / "camera-motion" / "train")}
+    images = {"images": str(shards / "images"), "image_tokens": str(tokens / "images")}
+    runs: dict[str, TrainStageResult | None] = {"scratch": None}
+    if {"image", "joint"} & set(cfg.arms):
+        runs["image"] = pretrain_image.run(from_dict(pretrain_image.PretrainImageConfig, stage(images, "pretrain-image")))
+    if "joint" in cfg.arms:
+        runs["joint"] = pretrain_joint.run(from_dict(pretrain_joint.PretrainJointConfig, stage(
+            {**video, **images, "init": runs["image"].weights}, "pretrain-joint")))
+    if "video" in cfg.arms:
+        runs["video"] = pretrain_joint.run(from_dict(pretrain_joint.PretrainJointConfig, stage(video, "pretrain-video")))
+    return runs
+
+
+def _plot(result: StudyResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, arms = list(result.chance), list(dict.fromkeys(c.arm for c in result.cells))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        cells = [next(c for c in result.cells if c.arm == a and c.task == task) for a in arms]
+        ax.bar(arms, [c.mean for c in cells], yerr=[c.spread for c in cells], capsize=4, color="#4c72b0")
+        ax.axhline(result.chance[task], color="#c44e52", linestyle="--", label="chance")
+        ax.set_title(task)
+        ax.set_ylabel("val top-1")
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper left")
+    fig.suptitle(f"BEVT-mini: finetune accuracy by initialisation ({len(result.seeds)} seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: StudyConfig) -> StudyResult:
+    from bevt_core.stages import finetune
+
+    data = fetch_samples(cfg.data.samples).data
+    prepared = Path(cfg.data.work_dir)
+    made = DemoResult(str(prepared))
+    out = Path(cfg.work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = StudyResult(str(out), tuple(cfg.seeds), [Cell(a, t) for a in cfg.arms for t in TASKS], {})
+    if not prepare(cfg.data, data, prepared, made, {"tracking_uri": "none"}):
+        result.failed = made.failed
+        return result
+    for seed in cfg.seeds:
+        runs = _pretrain(cfg, prepared, seed)
+        failed = [f"pretraining for {arm}, seed {seed}: {r.failed}" for arm, r in runs.items() if r and r.failed]
+        if failed:
+            result.failed = failed[0]
+            return result
+        result.pretraining[seed] = {arm: r.last for arm, r in runs.items() if r}
+        for cell in result.cells:
+            ft = finetune.run(from_dict(finetune.FinetuneConfig, {
+                "preset": TASKS[cell.task], "train": str(prepared / "shards" / cell.task / "train"),
+                "val": str(prepared / "shards" / cell.task / "val"), "init": runs[cell.arm].weights if runs[cell.arm] else "",
+                "run": {"work_dir": str(out / f"seed{seed}" / f"finetune-{cell.task}-{cell.arm}"), "seed": seed,
+                        "tracking_uri": "none"}, "schedule": {"max_steps": cfg.max_steps}}))
+            if ft.failed:
+                result.failed = f"finetune {cell.task} from {cell.arm}, seed {seed}: {ft.failed}"
+                return result
+            cell.top1.append(ft.val["top1"])
+            result.chance[cell.task] = ft.val["chance"]
+            print(f"seed {seed}: {cell.task} from {cell.arm}: val top-1 {ft.val['top1']:.1%}", flush=True)
+    (out / "study.json").write_text(json.dumps({"config": to_dict(cfg), "chance": result.chance,
+                                                "pretraining_last_losses": result.pretraining, "cells": [
+        {"arm": c.arm, "task": c.task, "top1": c.top1, "mean": c.mean, "std": c.spread} for c in result.cells]},
+        indent=2) + "\n")
+    (out / "study.md").write_text(f"# BEVT-mini\n\n{result.summary()}\n")
+    _plot(result, out / "study.png")
+    return result

@@ -1,0 +1,84 @@
+"""The MLflow UI, opened in headless Chromium, lists the pipeline's stage runs.
+
+The runs are the scene model's finetune and evaluate (``scene_model``), tracked on the real MLflow
+server. The screenshot is kept as a test artifact: in pytest's tmp dir (path printed) and at
+tests/artifacts/mlflow-ui.png (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.conftest import EXPERIMENT, MODEL_NAME
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Debian's chromium and chromedriver, installed when missing (as root). A failed install fails
+    the test: the UI check is part of the suite, not optional."""
+    packages = ["chromium", "chromium-driver"]
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:  # package lists missing or stale
+            subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
+            done = subprocess.run(install, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, f"apt-get install {' '.join(packages)} failed:\n{done.stderr[-3000:]}"
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert binary and driver, f"{packages} installed but chromium / chromedriver not on PATH"
+    return binary, driver
+
+
+@pytest.fixture
+def browser(chromium):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1920,1080"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(chromium[1]), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_mlflow_ui_lists_the_stage_runs(scene_model, mlflow_server, browser, tmp_path):
+    import mlflow
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    assert {"finetune", "evaluate"} <= runs
+
+    # As a user would: the experiment list, the pipeline's experiment (its overview), its training runs.
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{mlflow_server.uri}/#/experiments")
+    wait.until(lambda d: d.find_element(By.LINK_TEXT, EXPERIMENT)).click()
+    tab = wait.until(lambda d: d.find_element(By.XPATH, "//a[normalize-space()='Training runs']"))
+    browser.execute_script("arguments[0].click()", tab)  # a first-visit tip may cover the sidebar
+    # The run table is rendered by React after the page loads: wait until every stage run's name shows.
+    wait.until(lambda d: all(name in d.find_element(By.TAG_NAME, "body").text for name in runs))
+    assert f"/experiments/{experiment.experiment_id}/runs" in browser.current_url
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert EXPERIMENT in text and f"{len(runs)} matching runs" in text
+    assert MODEL_NAME in text  # the finetune run's registered model, in the Models column
+
+    shot = tmp_path / "mlflow-ui.png"
+    assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
+    kept = REPO / "tests" / "artifacts" / "mlflow-ui.png"
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, kept)
+    print(f"screenshot of the MLflow UI: {shot} (copy: {kept})")

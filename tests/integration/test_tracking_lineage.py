@@ -1,0 +1,124 @@
+"""`bevt pipeline run-local` against a real `mlflow server` (SQLite, artifacts on SeaweedFS S3).
+
+One parent run per pipeline run, a nested run per step, each with its params, metrics, lineage
+tags (code, config hash, input manifest hashes, the run ids of the steps whose outputs it read:
+checked against the runs that really produced them) and artifacts, which must be in the S3
+bucket; the parent holds the pipeline report.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.integration.test_pipeline_local import subset
+
+pytestmark = pytest.mark.slow
+
+STEPS = {  # run name -> how many of them
+    "shard": 4, "tokenize": 2, "pretrain-image": 1, "pretrain-joint": 1, "finetune": 1, "evaluate": 1}
+
+
+def test_pipeline_lineage_on_a_tracking_server(samples, tmp_path, cli_env, mlflow_server, s3_server):
+    import mlflow
+
+    scene = samples.scene
+    params = {
+        "pretrain_videos": subset(scene.train_list, tmp_path / "pt.txt", 4),
+        "images": subset(samples.images_list, tmp_path / "images.txt", 16),
+        "train_list": str(tmp_path / "train.txt"),
+        "val_list": str(scene.val_list),
+        "videos_root": str(scene.root), "images_root": str(samples.images_root),
+        "recipe": "tiny", "finetune_preset": "k400-tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
+        "codebook_size": 16, "short_side": 64, "pretrain_frame_interval": 2, "finetune_frame_interval": 2,
+        "max_steps": 2, "procs_per_node": 1, "workers": 0, "tracking_uri": "auto"}
+    # One training clip per class: the smallest set with every class of the val list (evaluate
+    # refuses a class mismatch).
+    picked: dict[str, str] = {}
+    for line in scene.train_list.read_text().splitlines():
+        picked.setdefault(line.split()[-1], line)
+    (tmp_path / "train.txt").write_text("\n".join(picked.values()) + "\n")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"action": "run-local", "params": params, "run_name": "lineage-test",
+                                      "pipeline_root": str(tmp_path / "root"), "caching": False}))
+    # auto: the tracking server from the standard variable, as in a cluster's bevt-env ConfigMap.
+    env = cli_env | mlflow_server.env() | {"PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "1",
+                                           "BEVT_GIT_REVISION": "0123abc"}
+    code = ("import sys; from bevt_core.config import from_dict, load_yaml; from bevt_core.kube import pipeline_cli as p; "
+            "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())")
+    proc = subprocess.run([sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("bevt").experiment_id],
+                                   "attributes.run_name = 'lineage-test'")
+    assert parent.info.status == "FINISHED" and parent.data.params["recipe"] == "tiny"
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    names = [r.info.run_name for r in children]
+    assert {n: names.count(n) for n in set(names)} == STEPS
+    by_id = {r.info.run_id: r for r in children}
+    for r in children:
+        tags = r.data.tags
+        assert r.info.status == "FINISHED", r.info.run_name
+        assert tags["mlflow.source.git.commit"] == "0123abc"
+        assert len(tags["bevt.config_sha256"]) == 64 and tags["bevt.image"].startswith("ghcr.io/bevt/bevt-")
+        # Every upstream id is a stage run of this pipeline, of the stage kind that makes that input.
+        for key, run_id in tags.items():
+            if key.startswith("bevt.upstream."):
+                assert run_id in by_id, (r.info.run_name, key)
+    one = {r.info.run_name: r for r in children}
+
+    def upstream(run, field: str) -> str:
+        return by_id[run.data.tags[f"bevt.upstream.{field}"]].info.run_name
+
+    joint = one["pretrain-joint"]
+    assert upstream(joint, "init") == "pretrain-image"
+    assert {upstream(joint, f) for f in ("videos", "images")} == {"shard"}
+    assert {upstream(joint, f) for f in ("video_tokens", "image_tokens")} == {"tokenize"}
+    assert upstream(one["finetune"], "init") == "pretrain-joint"
+    assert upstream(one["evaluate"], "weights") == "finetune"
+    # The upstream ids are exactly the runs that wrote those outputs: the tokenize run that read the
+    # image shards is the image tokens' producer, and its own input traces to a shard run.
+    image_tokens = by_id[joint.data.tags["bevt.upstream.image_tokens"]]
+    assert image_tokens.data.tags["bevt.input.input"] == joint.data.tags["bevt.input.images"]
+    assert image_tokens.data.tags["bevt.upstream.input"] == joint.data.tags["bevt.upstream.images"]
+    assert upstream(image_tokens, "codebook") == "tokenize"  # the codebook fitted on the videos
+    assert (image_tokens.data.tags["bevt.input.input.manifest_sha256"]
+            == joint.data.tags["bevt.input.images.manifest_sha256"])
+
+    # Params and metrics.
+    assert joint.data.params["preset"] == "tiny" and joint.data.params["schedule.max_steps"] == "2"
+    assert {"loss_video", "acc_video", "lr", "samples_per_s", "memory_gb"} <= set(joint.data.metrics)
+    assert any(k.startswith("system/cpu_utilization") for k in one["finetune"].data.metrics), "system metrics"
+    assert {"top1", "top5", "mean_class_accuracy"} <= set(one["evaluate"].data.metrics)
+    assert {"items", "ok", "rejected"} <= set(one["shard"].data.metrics)
+
+    # Artifacts: listed by the server and stored in the S3 bucket under its artifact root.
+    def listed(run, folder=None) -> set[str]:
+        return {a.path for a in client.list_artifacts(run.info.run_id, folder)}
+
+    for name in ("pretrain-image", "pretrain-joint"):
+        assert {"plots/curves.png", "plots/masked_prediction.png"} <= listed(one[name], "plots"), name
+    assert "plots/curves.png" in listed(one["finetune"], "plots")
+    assert {"plots/per_class_accuracy.png"} <= listed(one["evaluate"], "plots")
+    assert {"confusion.png", "metrics.json"} <= listed(one["evaluate"])
+    for r in children:
+        if r.info.run_name == "shard":
+            assert "plots/rejects.png" in listed(r, "plots") and "data/manifest.parquet" in listed(r, "data")
+            assert "rejects_summary.json" in listed(r)
+        if r.info.run_name == "tokenize":
+            assert {"tokenizer/codebook.npz", "tokenizer/tokenizer.json"} <= listed(r, "tokenizer")
+    assert "report.html" in listed(parent)
+    keys = {o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(
+        Bucket="bevt-test", Prefix="mlflow/") for o in page.get("Contents", [])}
+    assert any(k.endswith(f"{parent.info.run_id}/artifacts/report.html") for k in keys)
+    assert any(k.endswith(f"{joint.info.run_id}/artifacts/plots/masked_prediction.png") for k in keys)
+    report = client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path))
+    page = open(report).read()
+    for r in children:
+        assert f"<td>{r.info.run_name} ({r.info.run_id[:8]})</td><td>FINISHED</td>" in page
+    assert page.count("data:image/png;base64,") >= 6
