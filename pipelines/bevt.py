@@ -67,7 +67,7 @@ def bevt_pipeline(
     max_steps: int = 0, nodes: int = 1, min_nodes: int = 0, finetune_nodes: int = 1, gpus_per_node: int = 8,
     procs_per_node: int = 1,
     distributed_mode: str = "kubernetes", namespace: str = "", trainer_image: str = "",
-    tracking_uri: str = "auto", workers: int = 2, parent_run_id: str = "",
+    tracking_uri: str = "auto", workers: int = 2, parent_run_id: str = "", register_as: str = "",
 ):
     # Every step's MLflow run goes to one store and nests under the pipeline's parent run.
     tracked = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id)
@@ -106,7 +106,7 @@ def bevt_pipeline(
                      "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune val")
     tuned = _common(finetune(train=ft_train.outputs["shards"], val=ft_val.outputs["shards"],
                              init=joint.outputs["model"], preset=finetune_preset, epochs=finetune_epochs,
-                             nodes=finetune_nodes,
+                             nodes=finetune_nodes, register_as=register_as,
                              **train_args, **placement),
                     "1", "2Gi", CLUSTER.train_retries).set_display_name("finetune")
     _gpu(_common(evaluate(model=tuned.outputs["model"], data=ft_val.outputs["shards"], preset=finetune_preset,

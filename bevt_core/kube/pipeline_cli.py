@@ -67,6 +67,8 @@ class PipelineParams:
     parent_run_id: str = option("", help="MLflow run every stage run nests under (run-local creates one, with "
                                 "the pipeline report, when tracking is on).")
     workers: int = option(2, help="DataLoader workers per rank.", check=at_least(0))
+    register_as: str = option("", help="Register the finetuned model in the MLflow model registry under this name "
+                              "(`bevt predict --model models:/NAME/VERSION`). Empty: don't register.")
 
 
 @dataclass

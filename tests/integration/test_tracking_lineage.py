@@ -34,7 +34,8 @@ def test_pipeline_lineage_on_a_tracking_server(samples, tmp_path, cli_env, mlflo
         "videos_root": str(scene.root), "images_root": str(samples.images_root),
         "recipe": "tiny", "finetune_preset": "k400-tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
         "codebook_size": 16, "short_side": 64, "pretrain_frame_interval": 2, "finetune_frame_interval": 2,
-        "max_steps": 2, "procs_per_node": 1, "workers": 0, "tracking_uri": "auto"}
+        "max_steps": 2, "procs_per_node": 1, "workers": 0, "tracking_uri": "auto",
+        "register_as": "bevt-lineage-test"}
     # One training clip per class: the smallest set with every class of the val list (evaluate
     # refuses a class mismatch).
     picked: dict[str, str] = {}
@@ -81,6 +82,9 @@ def test_pipeline_lineage_on_a_tracking_server(samples, tmp_path, cli_env, mlflo
     assert {upstream(joint, f) for f in ("video_tokens", "image_tokens")} == {"tokenize"}
     assert upstream(one["finetune"], "init") == "pretrain-joint"
     assert upstream(one["evaluate"], "weights") == "finetune"
+    # The finetuned model, registered from the finetune run: traceable from the registry back to its data.
+    (version,) = client.search_model_versions("name = 'bevt-lineage-test'")
+    assert version.run_id == one["finetune"].info.run_id and version.status == "READY"
     # The upstream ids are exactly the runs that wrote those outputs: the tokenize run that read the
     # image shards is the image tokens' producer, and its own input traces to a shard run.
     image_tokens = by_id[joint.data.tags["bevt.upstream.image_tokens"]]
