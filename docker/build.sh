@@ -59,6 +59,9 @@ if [ ! -f "$cacert" ]; then
   echo "build.sh: no CA bundle at $cacert (set BEVT_CA_BUNDLE)" >&2
   exit 1
 fi
+# The Dockerfile copies this file before its labels: buildah's layer cache ignores build-arg values,
+# so without a changed file in front of them an image would keep the previous build's revision.
+printf '%s\n' "$revision" > docker/revision.txt
 for kind in "${kinds[@]}"; do
   ref=$(images_py "image('$kind')")
   start=$SECONDS
