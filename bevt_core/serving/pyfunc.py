@@ -60,12 +60,15 @@ def requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in [*names, "mlflow"]]
 
 
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
 def register(tracking_uri: str, run_id: str, weights: str, name: str, example_video: str) -> str:
     """Log the model to run ``run_id`` and register it as a new version of ``name``: ``models:/name/version``.
 
     MLflow validates the input example (``example_video``) by loading the logged model and predicting.
     """
-    previous = mlflow.get_tracking_uri()
+    previous, exported = mlflow.get_tracking_uri(), os.environ.get(TRACKING_ENV)
     with tempfile.TemporaryDirectory() as tmp:
         local = weights
         if storage.is_s3(weights):
@@ -82,4 +85,10 @@ def register(tracking_uri: str, run_id: str, weights: str, name: str, example_vi
                     registered_model_name=name)
         finally:
             mlflow.set_tracking_uri(previous)
+            # set_tracking_uri also exports the URI to the environment (for subprocesses): put it back,
+            # or every later `tracking_uri: auto` in this process would log to this server.
+            if exported is None:
+                os.environ.pop(TRACKING_ENV, None)
+            else:
+                os.environ[TRACKING_ENV] = exported
     return f"models:/{name}/{info.registered_model_version}"

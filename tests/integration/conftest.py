@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +40,14 @@ def scene_model(samples, mlflow_server, tmp_path_factory) -> SceneModel:
         shard(ShardConfig(input=str(listing), root=str(task.root), classes=str(task.root / "classes.txt"),
                           output=str(root / split), progress=False, workers=2, short_side=64))
     tracked = {"tracking_uri": mlflow_server.uri, "experiment": EXPERIMENT}
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     ft = finetune.run(from_dict(finetune.FinetuneConfig, {
         "preset": "k400-tiny", "train": str(root / "train"), "register_as": MODEL_NAME,
         "optim": {"layer_decay": 1.0},  # from scratch there is no pretrained trunk to keep near its init
         "run": {"work_dir": str(root / "finetune"), "workers": 0, "log_every": 10} | tracked}))
     assert not ft.failed and ft.registered, ft.summary()
+    # MLflow's fluent API exports the URI it logs to; registering must not leave it for later stages.
+    assert os.environ.get("MLFLOW_TRACKING_URI") == exported
     evaluate.run(from_dict(evaluate.EvaluateConfig, {
         "preset": "k400-tiny", "weights": ft.weights, "data": str(root / "val"), "output": str(root / "eval"),
         "workers": 0} | tracked))
