@@ -122,8 +122,8 @@ def _plot(result: StudyResult, path: Path) -> None:
         ax.axhline(result.chance[task], color="#c44e52", linestyle="--", label="chance")
         ax.set_title(task)
         ax.set_ylabel("val top-1")
-        ax.set_ylim(0, 1)
-        ax.legend(loc="upper left")
+        ax.set_ylim(0, 1.15)  # headroom for the legend above full-accuracy bars
+        ax.legend(loc="upper right")
     fig.suptitle(f"BEVT-mini: finetune accuracy by initialisation ({len(result.seeds)} seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
