@@ -67,8 +67,11 @@ def test_two_node_torchrun_ddp_equals_one_process(scene, tmp_path):
 
     a, b = weights(tmp_path / "one"), weights(tmp_path / "ddp")
     assert a.keys() == b.keys()
+    # Equal up to float reduction order. atol covers the attention key biases: their true gradient is
+    # zero (softmax ignores a constant added to every key), so AdamW turns rounding noise into tiny
+    # steps that differ between the two layouts (1.5e-5 seen; the lr x steps bound is 6e-3).
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=lambda m: f"{k}: {m}")
     # The comparison means something only if training moved the weights away from the (seeded) init.
     torch.manual_seed(0)
     init = build_model("recognizer-tiny", num_classes=11, num_frames=8, image_size=64).state_dict()
