@@ -1,13 +1,17 @@
-"""A finetuned, evaluated and registered scene model, shared by the tests that use a trained model
-(``bevt predict``, ``mlflow models serve``, the MLflow UI)."""
+"""Session fixtures shared by the tests that look at trained, tracked results: a finetuned, evaluated
+and registered scene model (``bevt predict``, ``mlflow models serve``) and one tiny pipeline run
+tracked on the real MLflow server (its lineage, the MLflow UI)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bevt_core.config import from_dict
 from bevt_core.data.manifest import load_manifest
@@ -17,6 +21,11 @@ from bevt_core.stages.shard import run as shard
 
 MODEL_NAME = "bevt-scene"
 EXPERIMENT = "bevt-predict"
+PIPELINE_EXPERIMENT = "bevt"  # bevt pipeline run-local's default experiment
+PIPELINE_RUN = "lineage-test"
+PIPELINE_MODEL = "bevt-lineage-test"
+PIPELINE_STEPS = {  # the pipeline's step runs: name -> how many of them
+    "shard": 4, "tokenize": 2, "pretrain-image": 1, "pretrain-joint": 1, "finetune": 1, "evaluate": 1}
 
 
 @dataclass(frozen=True)
@@ -53,3 +62,50 @@ def scene_model(samples, mlflow_server, tmp_path_factory) -> SceneModel:
         "workers": 0} | tracked))
     videos = [(task.root / row["source"], row["label"]) for row in load_manifest(str(root / "val")).rows]
     return SceneModel(root / "val", ft.weights, ft.registered, ft.run_id, root / "eval" / "metrics.json", videos)
+
+
+@dataclass(frozen=True)
+class TrackedPipeline:
+    experiment_id: str
+    parent_run_id: str  # the pipeline's parent run (named PIPELINE_RUN), every step's run nested under it
+
+
+@pytest.fixture(scope="session")
+def tracked_pipeline(samples, mlflow_server, tmp_path_factory) -> TrackedPipeline:
+    """`bevt pipeline run-local` of the tiny pipeline on the scene task, against the real MLflow server
+    (SQLite, artifacts on SeaweedFS), found there by the tracking URI in the standard variable as in a
+    cluster's bevt-env ConfigMap. Two steps per training stage; the finetuned model registered."""
+    import mlflow
+
+    from tests.integration.test_pipeline_local import subset
+
+    tmp = tmp_path_factory.mktemp("tracked-pipeline")
+    scene = samples.scene
+    # One training clip per class: the smallest set with every class of the val list (evaluate
+    # refuses a class mismatch).
+    picked: dict[str, str] = {}
+    for line in scene.train_list.read_text().splitlines():
+        picked.setdefault(line.split()[-1], line)
+    (tmp / "train.txt").write_text("\n".join(picked.values()) + "\n")
+    params = {
+        "pretrain_videos": subset(scene.train_list, tmp / "pt.txt", 4),
+        "images": subset(samples.images_list, tmp / "images.txt", 16),
+        "train_list": str(tmp / "train.txt"), "val_list": str(scene.val_list),
+        "videos_root": str(scene.root), "images_root": str(samples.images_root),
+        "recipe": "tiny", "finetune_preset": "k400-tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
+        "codebook_size": 16, "short_side": 64, "pretrain_frame_interval": 2, "finetune_frame_interval": 2,
+        "max_steps": 2, "procs_per_node": 1, "workers": 0, "tracking_uri": "auto", "register_as": PIPELINE_MODEL}
+    config = tmp / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"action": "run-local", "params": params, "run_name": PIPELINE_RUN,
+                                      "pipeline_root": str(tmp / "root"), "caching": False}))
+    env = dict(os.environ) | mlflow_server.env() | {"PYTHONUNBUFFERED": "1", "PIP_NO_INDEX": "1",
+                                                     "OMP_NUM_THREADS": "1", "BEVT_GIT_REVISION": "0123abc"}
+    code = ("import sys; from bevt_core.config import from_dict, load_yaml; from bevt_core.kube import pipeline_cli as p; "
+            "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())")
+    proc = subprocess.run([sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
+    experiment = client.get_experiment_by_name(PIPELINE_EXPERIMENT).experiment_id
+    (parent,) = client.search_runs([experiment], f"attributes.run_name = '{PIPELINE_RUN}'")
+    return TrackedPipeline(experiment, parent.info.run_id)

@@ -1,8 +1,10 @@
 """The MLflow UI, opened in headless Chromium, lists the pipeline's stage runs.
 
-The runs are the scene model's finetune and evaluate (``scene_model``), tracked on the real MLflow
-server. The screenshot is kept as a test artifact: in pytest's tmp dir (path printed) and at
-tests/artifacts/mlflow-ui.png (git-ignored).
+The pipeline is the tiny `bevt pipeline run-local` run tracked on the real MLflow server
+(``tracked_pipeline``): a user opens its experiment, expands the pipeline's parent run and sees
+every step's run nested under it, the finetune row naming its registered model. The screenshot is
+kept as a test artifact: in pytest's tmp dir (path printed) and at tests/artifacts/mlflow-ui.png
+(git-ignored).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import subprocess
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.conftest import EXPERIMENT, MODEL_NAME
+from tests.integration.conftest import PIPELINE_EXPERIMENT, PIPELINE_MODEL, PIPELINE_RUN, PIPELINE_STEPS
 
 pytestmark = pytest.mark.slow
 
@@ -53,28 +55,34 @@ def browser(chromium):
         driver.quit()
 
 
-def test_mlflow_ui_lists_the_stage_runs(scene_model, mlflow_server, browser, tmp_path):
-    import mlflow
+def test_mlflow_ui_lists_the_pipelines_stage_runs(tracked_pipeline, mlflow_server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
-    assert {"finetune", "evaluate"} <= runs
+    def page() -> str:
+        return browser.find_element(By.TAG_NAME, "body").text
 
-    # As a user would: the experiment list, the pipeline's experiment (its overview), its training runs.
+    # As a user would: the experiment list, the pipeline's experiment, its training runs.
     wait = WebDriverWait(browser, 60)
     browser.get(f"{mlflow_server.uri}/#/experiments")
-    wait.until(lambda d: d.find_element(By.LINK_TEXT, EXPERIMENT)).click()
+    wait.until(lambda d: d.find_element(By.LINK_TEXT, PIPELINE_EXPERIMENT)).click()
     tab = wait.until(lambda d: d.find_element(By.XPATH, "//a[normalize-space()='Training runs']"))
     browser.execute_script("arguments[0].click()", tab)  # a first-visit tip may cover the sidebar
-    # The run table is rendered by React after the page loads: wait until every stage run's name shows.
-    wait.until(lambda d: all(name in d.find_element(By.TAG_NAME, "body").text for name in runs))
-    assert f"/experiments/{experiment.experiment_id}/runs" in browser.current_url
-    text = browser.find_element(By.TAG_NAME, "body").text
-    assert EXPERIMENT in text and f"{len(runs)} matching runs" in text
-    assert MODEL_NAME in text  # the finetune run's registered model, in the Models column
+    # The run table is rendered by React after the page loads. Collapsed, it shows only the parent run.
+    wait.until(lambda d: PIPELINE_RUN in page())
+    assert f"/experiments/{tracked_pipeline.experiment_id}/runs" in browser.current_url
+    runs = 1 + sum(PIPELINE_STEPS.values())
+    assert f"{runs} matching runs" in page() and "pretrain-joint" not in page()
+
+    # The parent row's expander (the +/- button in its name cell) shows the step runs nested under it.
+    (expander,) = browser.find_elements(
+        By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']")
+    browser.execute_script("arguments[0].click()", expander)
+    wait.until(lambda d: all(name in page() for name in PIPELINE_STEPS))
+    table = page()
+    for name, count in PIPELINE_STEPS.items():
+        assert table.split("\n").count(name) == count, (name, table)
+    assert PIPELINE_MODEL in table  # the finetune run's registered model, in the Models column
 
     shot = tmp_path / "mlflow-ui.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"

@@ -8,59 +8,21 @@ bucket; the parent holds the pipeline report.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-import yaml
 
-from tests.integration.test_pipeline_local import subset
+from tests.integration.conftest import PIPELINE_MODEL, PIPELINE_STEPS
 
 pytestmark = pytest.mark.slow
 
-STEPS = {  # run name -> how many of them
-    "shard": 4, "tokenize": 2, "pretrain-image": 1, "pretrain-joint": 1, "finetune": 1, "evaluate": 1}
-
-
-def test_pipeline_lineage_on_a_tracking_server(samples, tmp_path, cli_env, mlflow_server, s3_server):
+def test_pipeline_lineage_on_a_tracking_server(tracked_pipeline, mlflow_server, s3_server, tmp_path):
     import mlflow
 
-    scene = samples.scene
-    params = {
-        "pretrain_videos": subset(scene.train_list, tmp_path / "pt.txt", 4),
-        "images": subset(samples.images_list, tmp_path / "images.txt", 16),
-        "train_list": str(tmp_path / "train.txt"),
-        "val_list": str(scene.val_list),
-        "videos_root": str(scene.root), "images_root": str(samples.images_root),
-        "recipe": "tiny", "finetune_preset": "k400-tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
-        "codebook_size": 16, "short_side": 64, "pretrain_frame_interval": 2, "finetune_frame_interval": 2,
-        "max_steps": 2, "procs_per_node": 1, "workers": 0, "tracking_uri": "auto",
-        "register_as": "bevt-lineage-test"}
-    # One training clip per class: the smallest set with every class of the val list (evaluate
-    # refuses a class mismatch).
-    picked: dict[str, str] = {}
-    for line in scene.train_list.read_text().splitlines():
-        picked.setdefault(line.split()[-1], line)
-    (tmp_path / "train.txt").write_text("\n".join(picked.values()) + "\n")
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({"action": "run-local", "params": params, "run_name": "lineage-test",
-                                      "pipeline_root": str(tmp_path / "root"), "caching": False}))
-    # auto: the tracking server from the standard variable, as in a cluster's bevt-env ConfigMap.
-    env = cli_env | mlflow_server.env() | {"PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "1",
-                                           "BEVT_GIT_REVISION": "0123abc"}
-    code = ("import sys; from bevt_core.config import from_dict, load_yaml; from bevt_core.kube import pipeline_cli as p; "
-            "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())")
-    proc = subprocess.run([sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True,
-                          timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
-
     client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
-    (parent,) = client.search_runs([client.get_experiment_by_name("bevt").experiment_id],
-                                   "attributes.run_name = 'lineage-test'")
+    parent = client.get_run(tracked_pipeline.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.params["recipe"] == "tiny"
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     names = [r.info.run_name for r in children]
-    assert {n: names.count(n) for n in set(names)} == STEPS
+    assert {n: names.count(n) for n in set(names)} == PIPELINE_STEPS
     by_id = {r.info.run_id: r for r in children}
     for r in children:
         tags = r.data.tags
@@ -83,7 +45,7 @@ def test_pipeline_lineage_on_a_tracking_server(samples, tmp_path, cli_env, mlflo
     assert upstream(one["finetune"], "init") == "pretrain-joint"
     assert upstream(one["evaluate"], "weights") == "finetune"
     # The finetuned model, registered from the finetune run: traceable from the registry back to its data.
-    (version,) = client.search_model_versions("name = 'bevt-lineage-test'")
+    (version,) = client.search_model_versions(f"name = '{PIPELINE_MODEL}'")
     assert version.run_id == one["finetune"].info.run_id and version.status == "READY"
     # The upstream ids are exactly the runs that wrote those outputs: the tokenize run that read the
     # image shards is the image tokens' producer, and its own input traces to a shard run.
