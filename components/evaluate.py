@@ -10,7 +10,7 @@ from bevt_core.kube.images import for_stage
 @dsl.component(base_image=for_stage("evaluate"), install_kfp_package=False)
 def evaluate(model: Input[Model], data: Input[Dataset], results: Output[Artifact], metrics: Output[Metrics],
              confusion: Output[ClassificationMetrics], report: Output[HTML], preset: str = "k400-swin-b",
-             workers: int = 2, tracking_uri: str = "auto", parent_run_id: str = ""):
+             workers: int = 2, tracking_uri: str = "auto", parent_run_id: str = "", run_label: str = ""):
     import base64
     import json
 
@@ -21,7 +21,8 @@ def evaluate(model: Input[Model], data: Input[Dataset], results: Output[Artifact
 
     cfg = from_dict(stage.EvaluateConfig, {"weights": kfp_io.weights(model), "data": data.path,
                                            "output": results.path, "preset": preset, "workers": workers,
-                                           "tracking_uri": tracking_uri, "parent_run_id": parent_run_id})
+                                           "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
+                                           "run_label": run_label})
     result = stage.run(cfg)
     kfp_io.publish(result, metrics, report, "evaluate")
     scores = json.loads(storage.read_bytes(result.files["metrics"]))

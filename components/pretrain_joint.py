@@ -19,7 +19,7 @@ def pretrain_joint(videos: Input[Dataset], video_tokens: Input[Dataset], images:
                    batch_size: int = 0, workers: int = 2, tracking_uri: str = "auto", mode: str = "kubernetes",
                    nodes: int = 1, min_nodes: int = 0, gpus_per_node: int = 0, procs_per_node: int = 1,
                    namespace: str = "", image: str = "", timeout_s: float = 604800.0,
-                   parent_run_id: str = ""):
+                   parent_run_id: str = "", run_label: str = ""):
     from bevt_core.kube.step import TrainStep
 
     step = TrainStep.pick(locals())

@@ -59,15 +59,13 @@ def _gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 @dsl.pipeline(name="bevt", description="BEVT: BERT pretraining of video transformers, end to end.")
 def bevt_pipeline(
-    pretrain_videos: str, images: str, train_list: str, val_list: str, videos_root: str = "",
-    images_root: str = "", recipe: str = "swin-b", finetune_preset: str = "k400-swin-b", tokenizer: str = "dalle",
-    tokenizer_weights: str = "", tokenizer_sha256: str = "", views: int = 4, crop: int = 224,
-    codebook_size: int = 1024, pretrain_frame_interval: int = 8, finetune_frame_interval: int = 2,
+    pretrain_videos: str, images: str, finetune_tasks: list, videos_root: str = "", images_root: str = "",
+    recipe: str = "swin-b", tokenizer: str = "dalle", tokenizer_weights: str = "", tokenizer_sha256: str = "",
+    views: int = 4, crop: int = 224, codebook_size: int = 1024, pretrain_frame_interval: int = 8,
     short_side: int = 320, image_epochs: float = 0.0, joint_epochs: float = 0.0, finetune_epochs: float = 0.0,
     max_steps: int = 0, nodes: int = 1, min_nodes: int = 0, finetune_nodes: int = 1, gpus_per_node: int = 8,
-    procs_per_node: int = 1,
-    distributed_mode: str = "kubernetes", namespace: str = "", trainer_image: str = "",
-    tracking_uri: str = "auto", workers: int = 2, parent_run_id: str = "", register_as: str = "",
+    procs_per_node: int = 1, distributed_mode: str = "kubernetes", namespace: str = "", trainer_image: str = "",
+    tracking_uri: str = "auto", workers: int = 2, parent_run_id: str = "",
 ):
     # Every step's MLflow run goes to one store and nests under the pipeline's parent run.
     tracked = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id)
@@ -98,17 +96,20 @@ def bevt_pipeline(
                                    min_nodes=min_nodes,
                                    **train_args, **placement),
                     "1", "2Gi", CLUSTER.train_retries).set_display_name("pretrain joint")
-    ft_train = _common(shard_videos(input_list=train_list, root=videos_root, frame_interval=finetune_frame_interval,
-                                    short_side=short_side, **tracked),
-                       "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune train")
-    ft_val = _common(shard_videos(input_list=val_list, root=videos_root, frame_interval=finetune_frame_interval,
-                                  short_side=short_side, **tracked),
-                     "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune val")
-    tuned = _common(finetune(train=ft_train.outputs["shards"], val=ft_val.outputs["shards"],
-                             init=joint.outputs["model"], preset=finetune_preset, epochs=finetune_epochs,
-                             nodes=finetune_nodes, register_as=register_as,
-                             **train_args, **placement),
-                    "1", "2Gi", CLUSTER.train_retries).set_display_name("finetune")
-    _gpu(_common(evaluate(model=tuned.outputs["model"], data=ft_val.outputs["shards"], preset=finetune_preset,
-                          workers=workers, **tracked),
-                 "8", "32Gi", CLUSTER.data_retries)).set_display_name("evaluate")
+    # Every downstream task from the one pretrained model: items are FinetuneTask mappings. (Their field
+    # names avoid `name` and `task`, which are attributes of the loop variable itself.)
+    with dsl.ParallelFor(finetune_tasks) as task:
+        shard_task = dict(root=task.root, classes=task.classes, frame_interval=task.frame_interval, short_side=short_side,
+                          run_label=task.run_label, **tracked)
+        ft_train = _common(shard_videos(input_list=task.train_list, **shard_task),
+                           "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune train")
+        ft_val = _common(shard_videos(input_list=task.val_list, **shard_task),
+                         "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune val")
+        tuned = _common(finetune(train=ft_train.outputs["shards"], val=ft_val.outputs["shards"],
+                                 init=joint.outputs["model"], preset=task.preset, epochs=finetune_epochs,
+                                 nodes=finetune_nodes, register_as=task.register_as, run_label=task.run_label,
+                                 **train_args, **placement),
+                        "1", "2Gi", CLUSTER.train_retries).set_display_name("finetune")
+        _gpu(_common(evaluate(model=tuned.outputs["model"], data=ft_val.outputs["shards"], preset=task.preset,
+                              workers=workers, run_label=task.run_label, **tracked),
+                     "8", "32Gi", CLUSTER.data_retries)).set_display_name("evaluate")

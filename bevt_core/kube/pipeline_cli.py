@@ -23,18 +23,37 @@ REPO = Path(__file__).resolve().parents[2]  # pipelines/ and components/ sit bes
 
 
 @dataclass
+class FinetuneTask:
+    """One downstream task: its videos are sharded, the pretrained model finetuned on them, evaluated and
+    optionally registered. The pipeline runs every task in a ParallelFor."""
+
+    run_label: str = option(help="Short name of the task (scene, ssv2...): labels its steps' MLflow runs "
+                            "('finetune scene').", check=non_empty)
+    train_list: str = option(help="Training video list (K400-style 'path label' lines; local or s3://).",
+                             check=non_empty)
+    val_list: str = option(help="Validation video list (also evaluated).", check=non_empty)
+    root: str = option("", help="Folder or s3:// prefix both lists are relative to (default: each list's folder).")
+    classes: str = option("", help="Class names in label order (one per line, or JSON; local or s3://): what the "
+                          "evaluation and the registered model report. Default: the labels themselves.")
+    preset: str = option("k400-swin-b", help="Finetune and evaluate preset (bevt finetune --help).")
+    frame_interval: int = option(2, help="Frame stride of this task's shards (K400: 2, SSv2: 1).",
+                                 check=at_least(1))
+    register_as: str = option("", help="Register the finetuned model in the MLflow model registry under this name "
+                              "(`bevt predict --model models:/NAME/VERSION`). Empty: don't register.")
+
+
+@dataclass
 class PipelineParams:
     pretrain_videos: str = option(help="Pretraining video list (K400-style 'path label' lines; local or s3://).",
                                   check=non_empty)
     images: str = option(help="Image list for the image stream.", check=non_empty)
-    train_list: str = option(help="Finetuning train video list.", check=non_empty)
-    val_list: str = option(help="Finetuning validation video list (also evaluated).", check=non_empty)
-    videos_root: str = option("", help="Folder or s3:// prefix the video lists are relative to (default: the "
-                              "list's folder).")
+    finetune_tasks: list[FinetuneTask] = option(help="The downstream tasks, each a mapping of the FinetuneTask "
+                                                "fields (bevt_core/kube/pipeline_cli.py); give them in --config.")
+    videos_root: str = option("", help="Folder or s3:// prefix the pretraining video list is relative to (default: "
+                              "the list's folder).")
     images_root: str = option("", help="Folder or s3:// prefix the image list is relative to.")
     recipe: str = option("swin-b", help="Pretraining preset of pretrain-image and pretrain-joint (swin-b, tiny).",
                          choices=("swin-b", "tiny"))
-    finetune_preset: str = option("k400-swin-b", help="Finetune and evaluate preset (bevt finetune --help).")
     tokenizer: str = option("dalle", help="dalle (needs tokenizer_weights) or codebook (fitted on the data).",
                             choices=("dalle", "codebook"))
     tokenizer_weights: str = option("", help="DALL-E encoder.pkl URI.")
@@ -44,8 +63,6 @@ class PipelineParams:
                        check=at_least(16))
     codebook_size: int = option(1024, help="Codebook entries when tokenizer=codebook.", check=at_least(2))
     pretrain_frame_interval: int = option(8, help="Frame stride of the pretraining shards.", check=at_least(1))
-    finetune_frame_interval: int = option(2, help="Frame stride of the finetuning shards (SSv2: 1).",
-                                          check=at_least(1))
     short_side: int = option(320, help="Short side of stored frames.", check=at_least(0))
     image_epochs: float = option(0.0, help="pretrain-image epochs (0: the preset's).", check=at_least(0.0))
     joint_epochs: float = option(0.0, help="pretrain-joint epochs (0: the preset's).", check=at_least(0.0))
@@ -67,8 +84,14 @@ class PipelineParams:
     parent_run_id: str = option("", help="MLflow run every stage run nests under (run-local creates one, with "
                                 "the pipeline report, when tracking is on).")
     workers: int = option(2, help="DataLoader workers per rank.", check=at_least(0))
-    register_as: str = option("", help="Register the finetuned model in the MLflow model registry under this name "
-                              "(`bevt predict --model models:/NAME/VERSION`). Empty: don't register.")
+
+    def check(self) -> str | None:
+        if not self.finetune_tasks:
+            return "finetune_tasks: give at least one task"
+        labels = [t.run_label for t in self.finetune_tasks]
+        if len(set(labels)) != len(labels):
+            return f"finetune_tasks: run_label must differ between tasks; got {labels}"
+        return None
 
 
 @dataclass
@@ -128,11 +151,24 @@ def submit(cfg: PipelineConfig) -> Any:
                         existing_token=cfg.token or os.environ.get("KF_PIPELINES_TOKEN") or None,
                         cookies=cfg.cookie or os.environ.get("KF_PIPELINES_COOKIE") or None)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(str(Path(tmp) / "bevt-pipeline.yaml"))
+        package = set_caching(compile_pipeline(str(Path(tmp) / "bevt-pipeline.yaml")), cfg.caching)
         return client.create_run_from_pipeline_package(
             package, arguments=arguments(cfg.params), run_name=cfg.run_name or None,
             experiment_name=cfg.experiment, namespace=cfg.namespace or None, pipeline_root=cfg.pipeline_root or None,
-            enable_caching=cfg.caching, service_account=cfg.service_account or None)
+            service_account=cfg.service_account or None)
+
+
+def set_caching(package: str, enabled: bool) -> str:
+    """Turn every step's cache on or off in the compiled ``package``. kfp.Client's ``enable_caching``
+    reaches only the root DAG's steps and would leave the finetune loop's caching as compiled."""
+    import yaml
+
+    spec, *platform = yaml.safe_load_all(Path(package).read_text())
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    for task in (t for dag in dags for t in dag["tasks"].values() if "cachingOptions" in t):
+        task["cachingOptions"]["enableCache"] = enabled
+    Path(package).write_text(yaml.safe_dump_all([spec, *platform], sort_keys=False))
+    return package
 
 
 def run_local(cfg: PipelineConfig) -> Any:

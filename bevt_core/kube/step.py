@@ -100,6 +100,7 @@ class TrainStep:
     workers: int
     tracking_uri: str
     parent_run_id: str
+    run_label: str  # the MLflow run is named "STAGE LABEL"
     nodes: int
     min_nodes: int
     gpus_per_node: int
@@ -124,7 +125,8 @@ class TrainStep:
         result = run_stage(stage, inputs | {
             "schedule": {"epochs": self.epochs or None, "max_steps": self.max_steps},
             "run": {"work_dir": self.location(model), "batch_size": self.batch_size or None, "workers": self.workers,
-                    "tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id}},
+                    "tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id,
+                    "run_label": self.run_label}},
             Placement(mode=self.mode, nodes=self.nodes, elastic_min_nodes=self.min_nodes,
                       gpus_per_node=self.gpus_per_node, procs_per_node=self.procs_per_node,
                       namespace=self.namespace, image=self.image, timeout_s=self.timeout_s))

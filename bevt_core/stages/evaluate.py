@@ -36,6 +36,8 @@ class EvaluateConfig:
                                "a sqlite file in --output when local; none: off.")
     experiment: str = option("bevt", help="MLflow experiment name.")
     parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
+    run_label: str = option("", help="Added to the MLflow run's name ('evaluate scene'): tells apart the runs of one "
+                            "stage in a pipeline run.")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -88,7 +90,7 @@ def load_recognizer(uri: str, field_name: str = "weights") -> tuple[Recognizer3D
 
 def run(cfg: EvaluateConfig) -> EvaluateResult:
     with tracking.stage_run("evaluate", cfg, cfg.tracking_uri, cfg.output, cfg.experiment, cfg.parent_run_id,
-                            cfg.output) as tracker:
+                            cfg.output, label=cfg.run_label) as tracker:
         return _evaluate(cfg, tracker)
 
 

@@ -54,6 +54,8 @@ class ShardConfig:
                                "when set, else no run (no database goes among the shards); none: off.")
     experiment: str = option("bevt", help="MLflow experiment name (a nested run goes in its parent's).")
     parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
+    run_label: str = option("", help="Added to the MLflow run's name ('shard scene'): tells apart the runs of one "
+                            "stage in a pipeline run.")
 
     def check(self) -> str | None:
         if any(ch in self.prefix for ch in "/.\\ "):
@@ -102,7 +104,7 @@ def run(cfg: ShardConfig) -> ShardResult:
     from bevt_core.train import tracking
 
     with tracking.stage_run("shard", cfg, cfg.tracking_uri, None, cfg.experiment, cfg.parent_run_id,
-                            cfg.output) as tracker:
+                            cfg.output, label=cfg.run_label) as tracker:
         result = _shard(cfg)
         report.shard(tracker, result)
         tracker.mark_failed(result.failed)

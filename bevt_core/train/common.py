@@ -53,7 +53,7 @@ def session(cfg: Any, stage: str) -> Iterator[Session]:
     seed_everything(run.seed)  # same on every rank: identical initial weights, as the official set_random_seed
     try:
         with tracking.stage_run(stage, cfg, run.tracking_uri, run.work_dir, run.experiment, run.parent_run_id,
-                                run.work_dir, env.main, system_metrics=True) as tracker:
+                                run.work_dir, env.main, system_metrics=True, label=run.run_label) as tracker:
             tracker.tags({"stage": stage, "world_size": str(env.world)})
             yield Session(env, tracker)
             report.training_curves(tracker)

@@ -79,6 +79,8 @@ class RunConfig:
                                "sqlite file in work_dir when it is local; 'none' disables tracking.")
     experiment: str = option("bevt", help="MLflow experiment name (a nested run goes in its parent's).")
     parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
+    run_label: str = option("", help="Added to the MLflow run's name ('finetune scene'): tells apart the runs of one "
+                            "stage in a pipeline run.")
     timeout_s: float = option(600.0, help="A rank that makes no progress for this long (a peer died or hangs) "
                               "exits every rank with an error.", check=at_least(1.0))
     peak_tflops: float = option(0.0, help="Accelerator peak dense TFLOP/s for MFU (0: known GPUs are detected; "

@@ -177,14 +177,16 @@ def start(setting: str, work_dir: str | None, experiment: str, run_name: str, pa
 
 @contextmanager
 def stage_run(stage: str, cfg: Any, setting: str, work_dir: str | None, experiment: str, parent_run_id: str,
-              outputs: str | None, main: bool = True, system_metrics: bool = False) -> Iterator[Tracker]:
+              outputs: str | None, main: bool = True, system_metrics: bool = False,
+              label: str = "") -> Iterator[Tracker]:
     """One stage's MLflow run around the ``with`` block: params from ``cfg``, lineage tags, status
     FINISHED or FAILED, and, on success, the producer record in ``outputs``."""
     from bevt_core import lineage
     from bevt_core.config import to_dict
 
     config = to_dict(cfg)
-    tracker = start(setting, work_dir, experiment, stage, config, main, parent_run_id, system_metrics)
+    name = f"{stage} {label}" if label else stage  # "finetune scene": one of a pipeline's several finetunes
+    tracker = start(setting, work_dir, experiment, name, config, main, parent_run_id, system_metrics)
     if tracker.run_id:
         tracker.tags(lineage.stage_tags(stage, config))
     status = "FAILED"

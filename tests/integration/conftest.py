@@ -24,8 +24,9 @@ EXPERIMENT = "bevt-predict"
 PIPELINE_EXPERIMENT = "bevt"  # bevt pipeline run-local's default experiment
 PIPELINE_RUN = "lineage-test"
 PIPELINE_MODEL = "bevt-lineage-test"
-PIPELINE_STEPS = {  # the pipeline's step runs: name -> how many of them
-    "shard": 4, "tokenize": 2, "pretrain-image": 1, "pretrain-joint": 1, "finetune": 1, "evaluate": 1}
+PIPELINE_STEPS = {  # the pipeline's step runs: name -> how many of them (one finetune task: scene)
+    "shard": 2, "tokenize": 2, "pretrain-image": 1, "pretrain-joint": 1, "shard scene": 2, "finetune scene": 1,
+    "evaluate scene": 1}
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,13 @@ def tracked_pipeline(samples, mlflow_server, tmp_path_factory) -> TrackedPipelin
     params = {
         "pretrain_videos": subset(scene.train_list, tmp / "pt.txt", 4),
         "images": subset(samples.images_list, tmp / "images.txt", 16),
-        "train_list": str(tmp / "train.txt"), "val_list": str(scene.val_list),
+        "finetune_tasks": [{"run_label": "scene", "train_list": str(tmp / "train.txt"), "val_list": str(scene.val_list),
+                            "root": str(scene.root), "classes": str(scene.root / "classes.txt"),
+                            "preset": "k400-tiny", "frame_interval": 2,
+                            "register_as": PIPELINE_MODEL}],
         "videos_root": str(scene.root), "images_root": str(samples.images_root),
-        "recipe": "tiny", "finetune_preset": "k400-tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
-        "codebook_size": 16, "short_side": 64, "pretrain_frame_interval": 2, "finetune_frame_interval": 2,
-        "max_steps": 2, "procs_per_node": 1, "workers": 0, "tracking_uri": "auto", "register_as": PIPELINE_MODEL}
+        "recipe": "tiny", "tokenizer": "codebook", "views": 1, "crop": 64, "codebook_size": 16, "short_side": 64,
+        "pretrain_frame_interval": 2, "max_steps": 2, "procs_per_node": 1, "workers": 0, "tracking_uri": "auto"}
     config = tmp / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"action": "run-local", "params": params, "run_name": PIPELINE_RUN,
                                       "pipeline_root": str(tmp / "root"), "caching": False}))

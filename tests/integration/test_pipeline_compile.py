@@ -8,6 +8,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from bevt_core.kube import images
 from bevt_core.kube.pipeline_cli import PipelineParams, compile_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
-ORDER = {  # display name -> display names it consumes
+ORDER = {  # display name -> display names it consumes (in the loop: the loop's own steps)
     "shard pretraining videos": set(), "shard images": set(), "shard finetune train": set(),
     "shard finetune val": set(),
     "tokenize videos": {"shard pretraining videos"},
@@ -26,11 +27,13 @@ ORDER = {  # display name -> display names it consumes
     "pretrain image stream": {"shard images", "tokenize images"},
     "pretrain joint": {"shard pretraining videos", "tokenize videos", "shard images", "tokenize images",
                        "pretrain image stream"},
-    "finetune": {"shard finetune train", "shard finetune val", "pretrain joint"},
+    "finetune": {"shard finetune train", "shard finetune val"},  # and the joint model, through the loop
     "evaluate": {"finetune", "shard finetune val"},
 }
 GPU_STEPS = {"tokenize videos", "tokenize images", "pretrain image stream", "evaluate"}
 LAUNCHERS = {"pretrain joint", "finetune"}
+PER_TASK = {"shard finetune train", "shard finetune val", "finetune", "evaluate"}  # in the ParallelFor
+LOOP_ITEM = "pipelinechannel--finetune_tasks-loop-item"
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +43,20 @@ def ir(tmp_path_factory) -> tuple[dict, dict]:
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
+def loop(spec) -> tuple[dict, dict]:
+    """The ParallelFor over the finetune tasks: its task in the root DAG, and its component."""
+    (task,) = [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    return task, spec["components"][task["componentRef"]["name"]]
+
+
+def dag_tasks(spec) -> dict[str, dict]:
+    """Task id -> task, the root DAG's steps and the loop's."""
+    return {k: t for k, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" not in t} | \
+        loop(spec)[1]["dag"]["tasks"]
+
+
 def tasks(spec) -> dict[str, dict]:
-    return {t["taskInfo"]["name"]: t for t in spec["root"]["dag"]["tasks"].values()}
+    return {t["taskInfo"]["name"]: t for t in dag_tasks(spec).values()}
 
 
 def executor(spec, task) -> str:
@@ -52,7 +67,7 @@ def test_tasks_and_their_order(ir):
     spec, _ = ir
     by_name = tasks(spec)
     assert set(by_name) == set(ORDER)
-    ids = {t_id: t["taskInfo"]["name"] for t_id, t in spec["root"]["dag"]["tasks"].items()}
+    ids = {t_id: t["taskInfo"]["name"] for t_id, t in dag_tasks(spec).items()}
     for name, task in by_name.items():
         assert {ids[d] for d in task.get("dependentTasks", [])} == ORDER[name], name
     joint = by_name["pretrain joint"]["inputs"]
@@ -61,17 +76,32 @@ def test_tasks_and_their_order(ir):
     assert joint["parameters"]["nodes"] == {"componentInputParameter": "nodes"}
     assert joint["parameters"]["gpus_per_node"] == {"componentInputParameter": "gpus_per_node"}
     assert joint["parameters"]["min_nodes"] == {"componentInputParameter": "min_nodes"}
-    assert by_name["finetune"]["inputs"]["parameters"]["nodes"] == {"componentInputParameter": "finetune_nodes"}
+    # Every finetune task starts from the joint model: the loop waits for it and hands its model in.
+    loop_task, loop_comp = loop(spec)
+    assert loop_task["dependentTasks"] == ["pretrain-joint"]
+    assert loop_task["parameterIterator"] == {"itemInput": LOOP_ITEM,
+                                              "items": {"inputParameter": "pipelinechannel--finetune_tasks"}}
+    assert {t["taskInfo"]["name"] for t in loop_comp["dag"]["tasks"].values()} == PER_TASK
+    finetune = by_name["finetune"]["inputs"]
+    assert finetune["artifacts"]["init"] == {"componentInputArtifact": "pipelinechannel--pretrain-joint-model"}
+    assert finetune["parameters"]["nodes"] == {"componentInputParameter": "pipelinechannel--finetune_nodes"}
+    # The task's own fields come from the loop item.
+    for name, param, field in (("finetune", "preset", "preset"), ("finetune", "register_as", "register_as"),
+                               ("evaluate", "run_label", "run_label"), ("shard finetune val", "input_list", "val_list"),
+                               ("shard finetune train", "frame_interval", "frame_interval")):
+        assert by_name[name]["inputs"]["parameters"][param] == {
+            "componentInputParameter": LOOP_ITEM, "parameterExpressionSelector": f'parseJson(string_value)["{field}"]'}
 
 
 def test_pipeline_parameters_are_the_cli_params(ir):
     spec, _ = ir
     declared = spec["root"]["inputDefinitions"]["parameters"]
-    kinds = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE"}
+    kinds = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", list: "LIST"}
+    hints = typing.get_type_hints(PipelineParams)
     fields = {f.name: f for f in dataclasses.fields(PipelineParams)}
     assert set(declared) == set(fields)
     for name, f in fields.items():
-        assert declared[name]["parameterType"] == kinds[f.type if isinstance(f.type, type) else eval(f.type)], name
+        assert declared[name]["parameterType"] == kinds[typing.get_origin(hints[name]) or hints[name]], name
         if f.default is MISSING:
             assert "defaultValue" not in declared[name], name
         else:

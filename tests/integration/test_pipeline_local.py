@@ -2,7 +2,8 @@
 
 Tiny presets on real sample footage and photos: every component runs in its own subprocess as
 KFP runs it, artifacts flow between them, the distributed steps run torchrun with two processes
-(DDP over gloo) from the same entrypoint a PyTorchJob uses, and evaluate writes its metrics.
+(DDP over gloo) from the same entrypoint a PyTorchJob uses, and the finetune loop (a ParallelFor)
+finetunes and evaluates the joint model on both sample tasks.
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ def subset(src: Path, dst: Path, n: int, step: int = 1) -> str:
 
 
 def test_run_local_whole_pipeline(samples, tmp_path, cli_env):
-    scene = samples.scene
+    scene, motion = samples.scene, samples.camera_motion
     params = {
         "pretrain_videos": subset(scene.train_list, tmp_path / "pt.txt", 8),
         "images": subset(samples.images_list, tmp_path / "images.txt", 24),  # tiny: 16 per image step
         # Whole lists: train and val must hold the same classes (evaluate refuses a class mismatch).
-        "train_list": str(scene.train_list), "val_list": str(scene.val_list),
+        "finetune_tasks": [
+            {"run_label": "scene", "train_list": str(scene.train_list), "val_list": str(scene.val_list),
+             "classes": str(scene.root / "classes.txt"), "preset": "k400-tiny", "frame_interval": 1},
+            {"run_label": "camera-motion", "train_list": str(motion.train_list), "val_list": str(motion.val_list),
+             "classes": str(motion.root / "classes.txt"), "preset": "ssv2-tiny", "frame_interval": 1}],
         "videos_root": str(scene.root), "images_root": str(samples.images_root),
-        "recipe": "tiny", "finetune_preset": "k400-tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
-        "codebook_size": 32, "short_side": 64, "pretrain_frame_interval": 2, "finetune_frame_interval": 1,
+        "recipe": "tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
+        "codebook_size": 32, "short_side": 64, "pretrain_frame_interval": 2,
         "max_steps": 2, "procs_per_node": 2, "workers": 0, "tracking_uri": "none"}
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"action": "run-local", "params": params,
@@ -55,11 +60,15 @@ def test_run_local_whole_pipeline(samples, tmp_path, cli_env):
     # Two torchrun processes: each optimizer step took one micro-batch per rank.
     r = json.loads(result.read_text())
     assert r["steps"] == 2 and r["samples"] == 2 * 2 * 4  # tiny preset: 4 clips per rank
-    (recognizer,) = root.rglob("finetune/model/recognizer.pt")
-    assert torch.load(recognizer, weights_only=True)["meta"]["format"] == "recognizer"
-    (metrics,) = root.rglob("evaluate/results/metrics.json")
-    scores = json.loads(metrics.read_text())
-    assert sum(map(sum, scores["confusion"])) == len(scene.val_list.read_text().splitlines())
-    assert 0.0 <= scores["top1"] <= 1.0
-    (report,) = root.rglob("evaluate/report")
-    assert "<h2>evaluate</h2>" in report.read_text() and "data:image/png;base64," in report.read_text()
+    # One loop iteration per task, in the list's order, each with the task's own classes.
+    for i, task in enumerate((scene, motion)):
+        (recognizer,) = root.rglob(f"for-loop-*-iteration-{i}/finetune/model/recognizer.pt")
+        meta = torch.load(recognizer, weights_only=True)["meta"]
+        assert meta["format"] == "recognizer" and meta["classes"] == task.classes, task.name
+        (metrics,) = root.rglob(f"for-loop-*-iteration-{i}/evaluate/results/metrics.json")
+        scores = json.loads(metrics.read_text())
+        assert scores["classes"] == task.classes
+        assert sum(map(sum, scores["confusion"])) == len(task.val_list.read_text().splitlines())
+        assert 0.0 <= scores["top1"] <= 1.0
+        (report,) = root.rglob(f"for-loop-*-iteration-{i}/evaluate/report")
+        assert "<h2>evaluate</h2>" in report.read_text() and "data:image/png;base64," in report.read_text()

@@ -18,8 +18,11 @@ import yaml
 from bevt_core.config import from_dict
 from bevt_core.kube import pipeline_cli
 
-PARAMS = {"pretrain_videos": "s3://b/k400/pt.txt", "images": "s3://b/in1k/list.txt", "train_list": "s3://b/k400/train.txt",
-          "val_list": "s3://b/k400/val.txt", "nodes": 4, "gpus_per_node": 8, "tracking_uri": "http://bevt-mlflow:5000"}
+PARAMS = {"pretrain_videos": "s3://b/k400/pt.txt", "images": "s3://b/in1k/list.txt",
+          "finetune_tasks": [{"run_label": "k400", "train_list": "s3://b/k400/train.txt", "val_list": "s3://b/k400/val.txt"},
+                             {"run_label": "ssv2", "train_list": "s3://b/ssv2/train.txt", "val_list": "s3://b/ssv2/val.txt",
+                              "preset": "ssv2-swin-b", "frame_interval": 1, "register_as": "bevt-ssv2"}],
+          "nodes": 4, "gpus_per_node": 8, "tracking_uri": "http://bevt-mlflow:5000"}
 
 
 class FakeKfp:
@@ -90,16 +93,25 @@ def test_submit_creates_the_experiment_and_a_run_of_the_compiled_pipeline(kfp_ap
     assert config["pipeline_root"] == "s3://bevt/kfp"
     assert config["parameters"] == pipeline_cli.arguments(from_dict(pipeline_cli.PipelineParams, PARAMS))
     assert config["parameters"]["nodes"] == 4 and config["parameters"]["distributed_mode"] == "kubernetes"
+    assert [t["preset"] for t in config["parameters"]["finetune_tasks"]] == ["k400-swin-b", "ssv2-swin-b"]
 
     compiled = pipeline_cli.compile_pipeline(str(tmp_path / "ir.yaml"))
     spec, platform = yaml.safe_load_all(Path(compiled).read_text())
     sent = run["pipeline_spec"]
     assert sent["platform_spec"] == platform
-    # Caching off for this run: every task's cache switch is turned off in what is sent; the rest is
-    # exactly the compiled pipeline.
-    for name, task in sent["pipeline_spec"]["root"]["dag"]["tasks"].items():
-        assert not task.pop("cachingOptions").get("enableCache")
-        spec["root"]["dag"]["tasks"][name].pop("cachingOptions")
+    # Caching off for this run: every step's cache switch is turned off in what is sent, the finetune
+    # loop's steps included (kfp.Client's own switch misses them); the rest is exactly the compiled pipeline.
+    def dags(pipeline_spec: dict) -> list[dict]:  # the root DAG and the ParallelFor's
+        return [pipeline_spec["root"]["dag"]] + [c["dag"] for c in pipeline_spec["components"].values() if "dag" in c]
+
+    steps = 0
+    for sent_dag, dag in zip(dags(sent["pipeline_spec"]), dags(spec)):
+        for name, task in sent_dag["tasks"].items():
+            if "parameterIterator" not in task:  # the loop itself caches nothing
+                assert not task.pop("cachingOptions").get("enableCache")
+                dag["tasks"][name].pop("cachingOptions")
+                steps += 1
+    assert steps == 10
     assert sent["pipeline_spec"] == spec
 
 
@@ -109,6 +121,7 @@ def test_submit_with_a_session_cookie(kfp_api, monkeypatch):
     submit(kfp_api)
     for _, _, headers, _ in kfp_api.requests:
         assert headers["cookie"] == "authservice_session=abc123" and "authorization" not in headers
-    run = kfp_api.requests[-1][3]
-    assert all(t["cachingOptions"].get("enableCache") is True for t in run["pipeline_spec"]["pipeline_spec"]
-               ["root"]["dag"]["tasks"].values())
+    spec = kfp_api.requests[-1][3]["pipeline_spec"]["pipeline_spec"]
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    assert all(t["cachingOptions"]["enableCache"] is True for dag in dags for t in dag["tasks"].values()
+               if "parameterIterator" not in t)

@@ -42,11 +42,13 @@ def test_pipeline_lineage_on_a_tracking_server(tracked_pipeline, mlflow_server, 
     assert upstream(joint, "init") == "pretrain-image"
     assert {upstream(joint, f) for f in ("videos", "images")} == {"shard"}
     assert {upstream(joint, f) for f in ("video_tokens", "image_tokens")} == {"tokenize"}
-    assert upstream(one["finetune"], "init") == "pretrain-joint"
-    assert upstream(one["evaluate"], "weights") == "finetune"
+    # The finetune loop's runs carry the task's label; its shard runs read the task's lists.
+    assert upstream(one["finetune scene"], "init") == "pretrain-joint"
+    assert {upstream(one["finetune scene"], f) for f in ("train", "val")} == {"shard scene"}
+    assert upstream(one["evaluate scene"], "weights") == "finetune scene"
     # The finetuned model, registered from the finetune run: traceable from the registry back to its data.
     (version,) = client.search_model_versions(f"name = '{PIPELINE_MODEL}'")
-    assert version.run_id == one["finetune"].info.run_id and version.status == "READY"
+    assert version.run_id == one["finetune scene"].info.run_id and version.status == "READY"
     # The upstream ids are exactly the runs that wrote those outputs: the tokenize run that read the
     # image shards is the image tokens' producer, and its own input traces to a shard run.
     image_tokens = by_id[joint.data.tags["bevt.upstream.image_tokens"]]
@@ -59,8 +61,8 @@ def test_pipeline_lineage_on_a_tracking_server(tracked_pipeline, mlflow_server, 
     # Params and metrics.
     assert joint.data.params["preset"] == "tiny" and joint.data.params["schedule.max_steps"] == "2"
     assert {"loss_video", "acc_video", "lr", "samples_per_s", "memory_gb"} <= set(joint.data.metrics)
-    assert any(k.startswith("system/cpu_utilization") for k in one["finetune"].data.metrics), "system metrics"
-    assert {"top1", "top5", "mean_class_accuracy"} <= set(one["evaluate"].data.metrics)
+    assert any(k.startswith("system/cpu_utilization") for k in one["finetune scene"].data.metrics), "system metrics"
+    assert {"top1", "top5", "mean_class_accuracy"} <= set(one["evaluate scene"].data.metrics)
     assert {"items", "ok", "rejected"} <= set(one["shard"].data.metrics)
 
     # Artifacts: listed by the server and stored in the S3 bucket under its artifact root.
@@ -69,11 +71,11 @@ def test_pipeline_lineage_on_a_tracking_server(tracked_pipeline, mlflow_server, 
 
     for name in ("pretrain-image", "pretrain-joint"):
         assert {"plots/curves.png", "plots/masked_prediction.png"} <= listed(one[name], "plots"), name
-    assert "plots/curves.png" in listed(one["finetune"], "plots")
-    assert {"plots/per_class_accuracy.png"} <= listed(one["evaluate"], "plots")
-    assert {"confusion.png", "metrics.json"} <= listed(one["evaluate"])
+    assert "plots/curves.png" in listed(one["finetune scene"], "plots")
+    assert {"plots/per_class_accuracy.png"} <= listed(one["evaluate scene"], "plots")
+    assert {"confusion.png", "metrics.json"} <= listed(one["evaluate scene"])
     for r in children:
-        if r.info.run_name == "shard":
+        if r.info.run_name.startswith("shard"):
             assert "plots/rejects.png" in listed(r, "plots") and "data/manifest.parquet" in listed(r, "data")
             assert "rejects_summary.json" in listed(r)
         if r.info.run_name == "tokenize":

@@ -90,14 +90,24 @@ def test_publish_logs_numbers_writes_the_report_and_fails_on_failure(tmp_path):
     assert (tmp_path / "r.html").read_text().startswith("<h2>shard</h2><pre>")
 
 
+TASKS = [{"run_label": "t", "train_list": "c", "val_list": "d"}]
+
+
 @pytest.mark.parametrize("data, message", [
     ({"action": "deploy"}, "action: must be one of compile, submit, run-local"),
-    ({"action": "submit", "params": {"pretrain_videos": "a", "images": "b", "train_list": "c", "val_list": "d"}},
+    ({"action": "submit", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS}},
      "host: required for submit"),
     ({"action": "run-local"}, "params: required for run-local"),
     ({"action": "run-local", "params": {"images": "b"}}, "params.pretrain_videos: is required"),
-    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "train_list": "c", "val_list": "d",
+    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS,
                                         "distributed_mode": "mpi"}}, "params.distributed_mode: must be one of"),
+    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": []}},
+     "params.finetune_tasks: give at least one task"),
+    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS * 2}},
+     "params.finetune_tasks: run_label must differ between tasks"),
+    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b",
+                                        "finetune_tasks": [{"run_label": "t", "train_list": "c"}]}},
+     r"params.finetune_tasks.val_list: is required"),
 ])
 def test_pipeline_command_config_errors_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -108,7 +118,7 @@ def test_pipeline_arguments_are_the_params():
     from bevt_core.kube.pipeline_cli import arguments
 
     cfg = from_dict(PipelineConfig, {"action": "run-local", "params": {
-        "pretrain_videos": "a", "images": "b", "train_list": "c", "val_list": "d", "recipe": "tiny", "nodes": 2}})
+        "pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS, "recipe": "tiny", "nodes": 2}})
     args = arguments(cfg.params)
     assert args["recipe"] == "tiny" and args["nodes"] == 2 and args["gpus_per_node"] == 8
     assert json.loads(json.dumps(args)) == args  # plain values only: what kfp.Client sends
