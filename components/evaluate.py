@@ -27,6 +27,7 @@ def evaluate(model: Input[Model], data: Input[Dataset], results: Output[Artifact
     kfp_io.publish(result, metrics, report, "evaluate")
     scores = json.loads(storage.read_bytes(result.files["metrics"]))
     confusion.log_confusion_matrix(scores["classes"], scores["confusion"])
+    kfp_io.write_metadata(confusion)
     png = base64.b64encode(storage.read_bytes(result.files["confusion"])).decode()
     with open(report.path, "a") as f:
         f.write(f'<img alt="confusion matrix" src="data:image/png;base64,{png}">')

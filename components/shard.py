@@ -27,7 +27,7 @@ def shard_videos(input_list: str, root: str, shards: Output[Dataset], metrics: O
 def shard_images(input_list: str, root: str, shards: Output[Dataset], metrics: Output[Metrics],
                  report: Output[Markdown], short_side: int = 320, samples_per_shard: int = 256,
                  max_reject_rate: float = 0.05, workers: int = 0, tracking_uri: str = "auto",
-                 parent_run_id: str = ""):
+                 parent_run_id: str = "", run_label: str = ""):
     from bevt_core.config import from_dict
     from bevt_core.kube.kfp_io import publish
     from bevt_core.stages import shard
@@ -35,5 +35,5 @@ def shard_images(input_list: str, root: str, shards: Output[Dataset], metrics: O
     cfg = from_dict(shard.ShardConfig, {
         "input": input_list, "root": root, "output": shards.path, "modality": "image", "short_side": short_side,
         "samples_per_shard": samples_per_shard, "max_reject_rate": max_reject_rate, "workers": workers,
-        "progress": False, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id})
+        "progress": False, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "run_label": run_label})
     publish(shard.run(cfg), metrics, report, "shard images")

@@ -10,7 +10,7 @@ from bevt_core.kube.images import for_stage
 def tokenize(data: Input[Dataset], tokens: Output[Dataset], metrics: Output[Metrics], report: Output[Markdown],
              tokenizer: str = "dalle", weights: str = "", sha256: str = "", views: int = 4, crop: int = 224,
              codebook_size: int = 1024, fit_samples: int = 256, codebook_from: Input[Dataset] = None,
-             tracking_uri: str = "auto", parent_run_id: str = ""):
+             tracking_uri: str = "auto", parent_run_id: str = "", run_label: str = ""):
     """``codebook_from`` (tokenizer codebook): the tokens of another tokenize step whose fitted
     codebook to reuse, so the video and image streams share one vocabulary."""
     from bevt_core.config import from_dict
@@ -24,5 +24,5 @@ def tokenize(data: Input[Dataset], tokens: Output[Dataset], metrics: Output[Metr
         "views": views, "crop": crop, "codebook_size": codebook_size, "fit_samples": fit_samples,
         "codebook": (storage.join(codebook_from.path, CODEBOOK_FILE)
                      if codebook_from is not None and tokenizer == "codebook" else ""),
-        "progress": False, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id})
+        "progress": False, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "run_label": run_label})
     publish(stage.run(cfg), metrics, report, "tokenize")

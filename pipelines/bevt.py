@@ -70,17 +70,20 @@ def bevt_pipeline(
     # Every step's MLflow run goes to one store and nests under the pipeline's parent run.
     tracked = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id)
     pt_videos = _common(shard_videos(input_list=pretrain_videos, root=videos_root,
-                                     frame_interval=pretrain_frame_interval, short_side=short_side, **tracked),
+                                     frame_interval=pretrain_frame_interval, short_side=short_side,
+                                     run_label="pretraining videos", **tracked),
                         "8", "16Gi", CLUSTER.data_retries).set_display_name("shard pretraining videos")
-    pt_images = _common(shard_images(input_list=images, root=images_root, short_side=short_side, **tracked),
+    pt_images = _common(shard_images(input_list=images, root=images_root, short_side=short_side, run_label="images",
+                                     **tracked),
                         "8", "16Gi", CLUSTER.data_retries).set_display_name("shard images")
     tokenizer_args = dict(tokenizer=tokenizer, weights=tokenizer_weights, sha256=tokenizer_sha256, views=views,
                           crop=crop, codebook_size=codebook_size, **tracked)
-    video_tokens = _gpu(_common(tokenize(data=pt_videos.outputs["shards"], **tokenizer_args), "8", "32Gi",
+    video_tokens = _gpu(_common(tokenize(data=pt_videos.outputs["shards"], run_label="videos", **tokenizer_args),
+                                "8", "32Gi",
                                 CLUSTER.data_retries)).set_display_name("tokenize videos")
     # The image stream reuses the codebook fitted on the videos: one vocabulary for the shared lm_head.
     image_tokens = _gpu(_common(tokenize(data=pt_images.outputs["shards"], codebook_from=video_tokens.outputs["tokens"],
-                                         **tokenizer_args), "8", "32Gi",
+                                         run_label="images", **tokenizer_args), "8", "32Gi",
                                 CLUSTER.data_retries)).set_display_name("tokenize images")
     train_args = dict(max_steps=max_steps, workers=workers, **tracked)
     image_model = _gpu(_common(pretrain_image(images=pt_images.outputs["shards"],

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import json
 import math
+import os
 from typing import Any
 
 from bevt_core.data import storage
@@ -36,6 +38,14 @@ def record_weights(model: Any, weights_uri: str) -> None:
     model.metadata[WEIGHTS] = weights_uri.rstrip("/").rsplit("/", 1)[-1]
 
 
+def write_metadata(artifact: Any) -> None:
+    """Also write a metrics-type artifact's values into its file. KFP keeps them in the metadata only, and
+    the local runner's step cache counts an output with no file as missing: a rerun would redo the step."""
+    os.makedirs(os.path.dirname(artifact.path), exist_ok=True)
+    with open(artifact.path, "w") as f:
+        json.dump(artifact.metadata, f, indent=1, sort_keys=True)
+
+
 def _numbers(prefix: str, value: Any):
     if isinstance(value, dict):
         for k, v in value.items():
@@ -50,6 +60,7 @@ def publish(result: Any, metrics: Any, report: Any, title: str) -> dict[str, Any
     data = result if isinstance(result, dict) else dataclasses.asdict(result)
     for name, value in _numbers("", data):
         metrics.log_metric(name, value)
+    write_metadata(metrics)
     summary = result.summary() if hasattr(result, "summary") else "\n".join(f"{k}: {v}" for k, v in data.items())
     if getattr(report, "schema_title", "") == "system.HTML":
         text = f"<h2>{html.escape(title)}</h2><pre>{html.escape(summary)}</pre>"

@@ -81,8 +81,9 @@ class PipelineParams:
     trainer_image: str = option("", help="Image of the PyTorchJobs (default: bevt_core.kube.images).")
     tracking_uri: str = option("auto", help="MLflow tracking URI of every stage (k8s: http://bevt-mlflow:5000; "
                                "run-local: auto is $MLFLOW_TRACKING_URI, else a sqlite file in the pipeline root).")
-    parent_run_id: str = option("", help="MLflow run every stage run nests under (run-local creates one, with "
-                                "the pipeline report, when tracking is on).")
+    parent_run_id: str = option("", help="MLflow run every stage run nests under. run-local creates one when "
+                                "tracking is on; given, run-local reopens it, and a rerun with the same parameters "
+                                "and parent resumes: the steps done before come from the cache.")
     workers: int = option(2, help="DataLoader workers per rank.", check=at_least(0))
 
     def check(self) -> str | None:
@@ -171,29 +172,51 @@ def set_caching(package: str, enabled: bool) -> str:
     return package
 
 
-def run_local(cfg: PipelineConfig) -> Any:
-    """Run the pipeline here; with tracking on, inside one parent MLflow run that ends with the report."""
+@dataclass
+class LocalRun:
+    root: str  # the pipeline root: every step's artifacts, KFP's step cache, report.html
+    tracking_uri: str = ""  # empty: tracking off
+    parent_run_id: str = ""
+    report: str = ""  # the report's path (also logged on the parent run)
+
+
+def run_local(cfg: PipelineConfig) -> LocalRun:
+    """Run the pipeline here; with tracking on, inside one parent MLflow run that ends with the report.
+    A given ``params.parent_run_id`` is reopened: a rerun with the same parameters and parent then finds
+    every step that finished before in KFP's cache under the pipeline root, and does only the rest."""
+    import os
+    import time
+
     from kfp import local
 
     from bevt_core.reports import pipeline as report
     from bevt_core.train.tracking import resolve_uri
 
     root = cfg.pipeline_root or tempfile.mkdtemp(prefix="bevt-kfp-")
+    # The runner prints every step's log: MLflow's download bars (model registration) would fill it.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, enable_caching=cfg.caching)
     args = arguments(cfg.params) | {"distributed_mode": "local"}
     # One store for every step (auto would give each training step its own SQLite file).
     uri = resolve_uri(cfg.params.tracking_uri, root)
-    if not uri or cfg.params.parent_run_id:
-        return _pipeline()(**args)
-    parent = report.open_run(uri, cfg.experiment, cfg.run_name or "pipeline", args)
+    if not uri:
+        _pipeline()(**args)
+        return LocalRun(root)
+    if cfg.params.parent_run_id:
+        parent = report.reopen_run(uri, cfg.params.parent_run_id)
+    else:
+        parent = report.open_run(uri, cfg.experiment, cfg.run_name or "pipeline", args)
     args |= {"tracking_uri": uri, "parent_run_id": parent}
+    started = time.time()
     failed = True
     try:
-        outputs = _pipeline()(**args)
+        _pipeline()(**args)
         failed = False
-        return outputs
     finally:
-        report.close_run(uri, parent, failed)
+        page = report.close_run(uri, parent, failed, since=started)
+        path = Path(root) / report.REPORT
+        path.write_text(page)
+    return LocalRun(root, uri, parent, str(path))
 
 
 @dataclass
@@ -211,5 +234,8 @@ def run(cfg: PipelineConfig) -> PipelineResult:
     if cfg.action == "submit":
         r = submit(cfg)
         return PipelineResult("submit", f"run {r.run_id} started on {cfg.host}")
-    outputs = run_local(cfg)
-    return PipelineResult("run-local", f"finished; outputs: {outputs}")
+    done = run_local(cfg)
+    if not done.tracking_uri:
+        return PipelineResult("run-local", f"finished; outputs under {done.root}")
+    return PipelineResult("run-local", f"finished; outputs under {done.root}, MLflow run {done.parent_run_id} "
+                          f"in {done.tracking_uri}, report {done.report}")

@@ -42,6 +42,14 @@ def open_run(uri: str, experiment: str, name: str, params: dict) -> str:
     return run_id
 
 
+def reopen_run(uri: str, run_id: str) -> str:
+    """Mark an existing parent run running again (a resumed pipeline run)."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=uri).update_run(run_id, status="RUNNING")
+    return run_id
+
+
 @dataclass
 class StageRow:
     name: str  # run name and short id
@@ -52,9 +60,13 @@ class StageRow:
     upstream: list[str]  # run names of the stages whose outputs it read
     artifact_uri: str
     plots: dict[str, bytes] = field(default_factory=dict)  # artifact path -> PNG
+    started: float = 0.0  # epoch seconds
 
 
 def _plots(client, run_id: str) -> dict[str, bytes]:
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # a bar per PNG buries the command's own output
     out = {}
     pngs = [a.path for a in client.list_artifacts(run_id) if a.path.endswith(".png")]
     pngs += [a.path for a in client.list_artifacts(run_id, "plots") if a.path.endswith(".png")]
@@ -66,8 +78,8 @@ def _plots(client, run_id: str) -> dict[str, bytes]:
     return out
 
 
-def stage_rows(uri: str, parent_run_id: str) -> list[StageRow]:
-    """The parent's stage runs in the order they started."""
+def stage_rows(uri: str, parent_run_id: str, plots: bool = True) -> list[StageRow]:
+    """The parent's stage runs in the order they started (``plots``: with their PNGs)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -83,7 +95,7 @@ def stage_rows(uri: str, parent_run_id: str) -> list[StageRow]:
         rows.append(StageRow(names[r.info.run_id], r.info.run_id, r.info.status, (end - r.info.start_time) / 1000,
                              {k: r.data.metrics[k] for k in KEY_METRICS if k in r.data.metrics},
                              [names.get(u, u[:8]) for u in upstream], r.info.artifact_uri,
-                             _plots(client, r.info.run_id)))
+                             _plots(client, r.info.run_id) if plots else {}, r.info.start_time / 1000))
     return rows
 
 
@@ -111,8 +123,9 @@ def render(title: str, rows: list[StageRow], ui: str = "") -> str:
             f"{''.join(figures)}</body></html>")
 
 
-def close_run(uri: str, parent_run_id: str, failed: bool = False) -> str:
-    """Render and log the report on the parent and end it; returns the HTML."""
+def close_run(uri: str, parent_run_id: str, failed: bool = False, since: float = 0.0) -> str:
+    """Render and log the report on the parent and end it, FAILED if ``failed`` or a stage run started
+    after ``since`` (epoch seconds: this attempt, when the parent was reopened) failed; returns the HTML."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -125,6 +138,6 @@ def close_run(uri: str, parent_run_id: str, failed: bool = False) -> str:
         with open(path, "w") as f:
             f.write(page)
         client.log_artifact(parent_run_id, path)
-    failed = failed or any(r.status != "FINISHED" for r in rows)
+    failed = failed or any(r.status != "FINISHED" for r in rows if r.started >= since)
     client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
     return page

@@ -1,16 +1,20 @@
-"""Stages ``samples`` and ``demo``: the real sample footage, and every stage run on it end to end.
+"""Stages ``samples`` and ``demo``: the real sample footage, and the whole pipeline run on it.
 
-The demo grows with the pipeline: today it fetches the sample data, then shards the two derived
-video tasks (camera-motion, scene; train and val) and the image set, and prints what it made.
+The demo is ``bevt pipeline run-local`` on the two sample tasks: KFP's local runner runs every step
+as its own process (shard, tokenize with the weight-free codebook, pretrain-image, pretrain-joint as
+a 2-process torchrun, then finetune and evaluate per task in the pipeline's ParallelFor), all nested
+under one MLflow run in a SQLite store in the work dir. A rerun resumes: it reopens that run and KFP's
+cache hands back every step that finished.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bevt_core.config import at_least, option
-from bevt_core.stages import shard
+from bevt_core.config import at_least, option, to_dict
 
 
 @dataclass
@@ -23,35 +27,73 @@ class SamplesConfig:
 
 
 @dataclass
-class DemoConfig:
-    work_dir: str = option("work/demo", help="Where the demo writes its outputs (shards, manifests).")
-    samples: SamplesConfig = option(SamplesConfig, help="The sample data.")
-    workers: int = option(0, help="Worker processes per stage (0: one per core).", check=at_least(0))
+class DataSettings:
+    """How the sample tasks are sharded and tokenized for the tiny models (the demo's and the study's)."""
+
     short_side: int = option(128, help="Short side of stored frames (the sample clips are 128 px).",
                              check=at_least(0))
     frame_interval: int = option(1, help="Temporal stride when sharding the sample clips.", check=at_least(1))
-    crop: int = option(64, help="Training crop size of the demo's tiny models (tokens on a crop/16 grid).",
+    crop: int = option(64, help="Training crop size of the tiny models (tokens on a crop/16 grid).",
                        check=at_least(16))
     views: int = option(2, help="Augmentation views tokenized per sample.", check=at_least(1))
-    codebook_size: int = option(256, help="Entries of the weight-free codebook fitted on the demo videos "
+    codebook_size: int = option(256, help="Entries of the weight-free codebook fitted on the camera-motion videos "
                                 "(the tiny models' vocabulary).", check=at_least(2))
+
+
+@dataclass
+class DemoConfig:
+    work_dir: str = option("work/demo", help="Where the demo writes: the pipeline root (kfp/: every step's "
+                           "outputs and the step cache), the MLflow store (mlflow.db, mlartifacts/), report.html.")
+    samples: SamplesConfig = option(SamplesConfig, help="The sample data.")
+    data: DataSettings = option(DataSettings, help="Sharding and tokenizing.")
+    processes: int = option(2, help="torchrun processes of the distributed steps (pretrain-joint, finetune).",
+                            check=at_least(1))
+    workers: int = option(0, help="DataLoader workers per training process (0: load in the process).",
+                          check=at_least(0))
+    max_steps: int = option(0, help="Cut every training stage to this many steps (0: the tiny presets' epochs); "
+                            "for a quick check of the plumbing, not for accuracy.", check=at_least(0))
 
 
 @dataclass
 class DemoResult:
     work_dir: str
-    stages: list[tuple[str, str]] = field(default_factory=list)  # (what ran, its one-line outcome)
-    mlflow: str = ""  # tracking URI every training stage logged to
+    mlflow: str  # the tracking URI of every step's run
+    parent_run_id: str = ""
+    rows: list = field(default_factory=list)  # bevt_core.reports.pipeline.StageRow, in start order
+    chance: dict[str, float] = field(default_factory=dict)  # task -> chance accuracy
     failed: str = ""
 
     def summary(self) -> str:
-        width = max(len(name) for name, _ in self.stages)
-        lines = [f"demo finished: outputs in {self.work_dir}"]
-        lines += [f"  {name:<{width}}  {outcome}" for name, outcome in self.stages]
-        if self.mlflow:
-            lines.append(f"report of this run (also on its MLflow parent run): {self.work_dir}/report.html")
-            lines.append(f"browse the runs: .venv/bin/mlflow ui --backend-store-uri {self.mlflow}")
+        lines = [f"demo {'FAILED' if self.failed else 'finished'}: pipeline root {self.work_dir}/kfp, "
+                 f"MLflow run {self.parent_run_id}"]
+        width = max([len(r.name) for r in self.rows] + [4])
+        lines.append(f"  {'step':<{width}}  {'status':<8}  {'seconds':>7}  result")
+        for r in self.rows:
+            lines.append(f"  {r.name:<{width}}  {r.status:<8}  {r.seconds:>7.1f}  {outcome(r, self.chance)}")
+        lines.append(f"report of this run (also on its MLflow parent run): {self.work_dir}/kfp/report.html")
+        lines.append(f"browse the runs: .venv/bin/mlflow ui --backend-store-uri {self.mlflow}")
         return "\n".join(lines)
+
+
+def outcome(row, chance: dict[str, float]) -> str:
+    """One line of what a step's run measured."""
+    m = row.metrics
+    if "top1" in m:  # evaluate
+        task = row.name.split(" (")[0].removeprefix("evaluate ").strip()
+        extra = f" (chance {chance[task]:.1%})" if task in chance else ""
+        return f"top-1 {m['top1']:.1%}, top-5 {m.get('top5', float('nan')):.1%}{extra}"
+    if "val_top1" in m:  # finetune with a val set
+        return f"loss {m.get('loss', float('nan')):.3f}, single-view val top-1 {m['val_top1']:.1%}"
+    if "loss_video" in m:
+        return f"loss_video {m['loss_video']:.3f}, acc_video {m.get('acc_video', float('nan')):.1%}" + (
+            f", loss_image {m['loss_image']:.3f}" if "loss_image" in m else "")
+    if "loss" in m:
+        return f"loss {m['loss']:.3f}"
+    if "vocab_size" in m:
+        return f"{m.get('samples', 0):.0f} samples, vocab {m['vocab_size']:.0f}"
+    if "items" in m:
+        return f"{m.get('ok', 0):.0f}/{m['items']:.0f} items"
+    return ""
 
 
 @dataclass
@@ -79,109 +121,82 @@ def fetch_samples(cfg: SamplesConfig) -> SamplesResult:
 
 
 EXPERIMENT = "bevt-demo"
+REGISTERED = "bevt-demo-{task}"  # the registered model of each task
+
+
+def pipeline_config(cfg: DemoConfig, data, work: Path, tracking_uri: str):
+    """The pipeline run of the demo: the tiny recipes on the sample tasks, every step on this machine."""
+    from bevt_core.config import from_dict
+    from bevt_core.kube.pipeline_cli import PipelineConfig
+
+    d = cfg.data
+    tasks = [{"run_label": task.name, "train_list": str(task.train_list), "val_list": str(task.val_list),
+              "root": str(task.root), "classes": str(task.root / "classes.txt"), "preset": preset,
+              "frame_interval": d.frame_interval, "register_as": REGISTERED.format(task=task.name)}
+             for task, preset in ((data.scene, "k400-tiny"), (data.camera_motion, "ssv2-tiny"))]
+    params = {
+        "pretrain_videos": str(data.camera_motion.train_list), "videos_root": str(data.camera_motion.root),
+        "images": str(data.images_list), "images_root": str(data.images_root), "finetune_tasks": tasks,
+        "recipe": "tiny", "tokenizer": "codebook", "views": d.views, "crop": d.crop, "codebook_size": d.codebook_size,
+        "pretrain_frame_interval": d.frame_interval, "short_side": d.short_side, "max_steps": cfg.max_steps,
+        "procs_per_node": cfg.processes, "workers": cfg.workers, "tracking_uri": tracking_uri}
+    return from_dict(PipelineConfig, {"action": "run-local", "params": params, "pipeline_root": str(work / "kfp"),
+                                      "experiment": EXPERIMENT, "run_name": "demo"})
 
 
 def run(cfg: DemoConfig) -> DemoResult:
-    """Every stage, each an MLflow run nested under one demo run that ends with the report."""
-    from bevt_core.config import to_dict
+    """Fetch the samples, run the pipeline locally (resuming an unfinished or identical earlier run), and
+    tabulate the steps' runs."""
+    from bevt_core.kube.pipeline_cli import run_local
     from bevt_core.reports import pipeline as report
 
     data = fetch_samples(cfg.samples).data
-    work = Path(cfg.work_dir)
+    work = Path(cfg.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    result = DemoResult(str(work), mlflow=f"sqlite:///{(work / 'mlflow.db').resolve()}")
-    track = {"tracking_uri": result.mlflow, "experiment": EXPERIMENT,
-             "parent_run_id": report.open_run(result.mlflow, EXPERIMENT, "demo", to_dict(cfg))}
-    failed = True
+    result = DemoResult(str(work), f"sqlite:///{work / 'mlflow.db'}")
+    pipeline = pipeline_config(cfg, data, work, result.mlflow)
+    pipeline.params.parent_run_id = _resumable(work, pipeline.params, result.mlflow)
     try:
-        _stages(cfg, data, work, result, track)
-        failed = bool(result.failed)
-    finally:
-        (work / "report.html").write_text(report.close_run(result.mlflow, track["parent_run_id"], failed))
+        done = run_local(pipeline)
+        result.parent_run_id = done.parent_run_id
+    except Exception as e:  # noqa: BLE001 - a failed step: its run, the report and the rerun say the rest
+        result.failed = f"{type(e).__name__}: {e}"
+        result.parent_run_id = _last_parent(work)
+    result.rows = report.stage_rows(result.mlflow, result.parent_run_id, plots=False) if result.parent_run_id else []
+    result.chance = {t.name: 1 / len(t.classes) for t in (data.scene, data.camera_motion)}
     return result
 
 
-def _stages(cfg: DemoConfig, data, work: Path, result: DemoResult, track: dict[str, str]) -> None:
-    if prepare(cfg, data, work, result, track):
-        _train_all(work, result, track)
+STATE = "demo-run.json"  # which parent run the pipeline's parameters belong to
 
 
-def prepare(cfg: DemoConfig, data, work: Path, result: DemoResult, track: dict[str, str]) -> bool:
-    """Shard both sample tasks and the images, then tokenize the pretraining sets; False if a stage failed.
-    Both are idempotent, so `bevt study` reuses what the demo made."""
-    jobs = []
-    for task in (data.camera_motion, data.scene):
-        for split, listing in (("train", task.train_list), ("val", task.val_list)):
-            jobs.append((f"shard {task.name}/{split}", shard.ShardConfig(
-                input=str(listing), root=str(task.root), classes=str(task.root / "classes.txt"),
-                output=str(work / "shards" / task.name / split), modality="video",
-                frame_interval=cfg.frame_interval, short_side=cfg.short_side, samples_per_shard=32,
-                workers=cfg.workers, max_reject_rate=0.0, **track)))
-    jobs.append(("shard images", shard.ShardConfig(
-        input=str(data.images_list), root=str(data.images_root), output=str(work / "shards" / "images"),
-        modality="image", short_side=cfg.short_side, samples_per_shard=256, workers=cfg.workers,
-        max_reject_rate=0.0, **track)))
-    for name, stage_cfg in jobs:
-        out = shard.run(stage_cfg)
-        result.stages.append((name, f"{out.ok}/{out.items} items, {out.frames} frames, "
-                                    f"{out.bytes / 1e6:.1f} MB, {out.seconds:.1f} s"))
-        if out.failed:
-            result.failed = f"{name}: {out.failed}"
-            return False
-    _tokenize_all(cfg, work, result, track)
-    return True
+def _resumable(work: Path, params, uri: str) -> str:
+    """The parent run of an earlier demo with the same parameters (the step cache holds its steps), or
+    a new one recorded for the next rerun."""
+    from bevt_core.reports import pipeline as report
+
+    key = hashlib.sha256(json.dumps(to_dict(params), sort_keys=True).encode()).hexdigest()
+    state = work / STATE
+    if state.exists():
+        earlier = json.loads(state.read_text())
+        if earlier.get("params_sha256") == key and _exists(uri, earlier["parent_run_id"]):
+            return earlier["parent_run_id"]
+    parent = report.open_run(uri, EXPERIMENT, "demo", to_dict(params))
+    state.write_text(json.dumps({"parent_run_id": parent, "params_sha256": key}) + "\n")
+    return parent
 
 
-def _tokenize_all(cfg: DemoConfig, work: Path, result: DemoResult, track: dict[str, str]) -> None:
-    """One codebook, fitted on the camera-motion videos, tokenizes every pretraining set: the video and
-    image streams share the lm_head, so they must share the tokenizer."""
-    from bevt_core.stages import tokenize
-    from bevt_core.tokenizers import CODEBOOK_FILE
-
-    sets = ["camera-motion/train", "scene/train", "images"]
-    fitted = work / "tokens" / sets[0] / CODEBOOK_FILE
-    for name in sets:
-        out = tokenize.run(tokenize.TokenizeConfig(
-            input=str(work / "shards" / name), output=str(work / "tokens" / name), tokenizer="codebook",
-            codebook="" if name == sets[0] else str(fitted), codebook_size=cfg.codebook_size, views=cfg.views,
-            crop=cfg.crop, device="cpu", **track))
-        result.stages.append((f"tokenize {name}", f"{out.samples} samples, {out.frames} crops, vocab "
-                              f"{out.vocab_size}, {out.seconds:.1f} s"))
+def _last_parent(work: Path) -> str:
+    state = work / STATE
+    return json.loads(state.read_text())["parent_run_id"] if state.exists() else ""
 
 
-def _train_all(work: Path, result: DemoResult, track: dict[str, str]) -> None:
-    """The tiny presets of the four training stages, every run in one MLflow store in the work dir."""
-    from bevt_core.config import from_dict
-    from bevt_core.stages import evaluate, finetune, pretrain_image, pretrain_joint
+def _exists(uri: str, run_id: str) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    def run_opts(name: str) -> dict:
-        return {"work_dir": str(work / "runs" / name)} | track
-
-    image = pretrain_image.run(from_dict(pretrain_image.PretrainImageConfig, {
-        "preset": "tiny", "images": str(work / "shards" / "images"), "image_tokens": str(work / "tokens" / "images"),
-        "run": run_opts("pretrain-image")}))
-    result.stages.append(("pretrain-image", _losses(image, "loss")))
-    joint = pretrain_joint.run(from_dict(pretrain_joint.PretrainJointConfig, {
-        "preset": "tiny", "videos": str(work / "shards" / "camera-motion" / "train"),
-        "video_tokens": str(work / "tokens" / "camera-motion" / "train"), "images": str(work / "shards" / "images"),
-        "image_tokens": str(work / "tokens" / "images"), "init": image.weights, "run": run_opts("pretrain-joint")}))
-    result.stages.append(("pretrain-joint", _losses(joint, "loss_video")))
-    for task, preset in (("scene", "k400-tiny"), ("camera-motion", "ssv2-tiny")):
-        ft = finetune.run(from_dict(finetune.FinetuneConfig, {
-            "preset": preset, "train": str(work / "shards" / task / "train"), "val": str(work / "shards" / task / "val"),
-            "init": joint.weights, "run": run_opts(f"finetune-{task}"), "register_as": f"bevt-demo-{task}"}))
-        result.stages.append((f"finetune {task}", f"{ft.steps} steps, {ft.seconds:.1f} s, val top-1 "
-                              f"{ft.val.get('top1', float('nan')):.1%}, registered {ft.registered}"))
-        ev = evaluate.run(from_dict(evaluate.EvaluateConfig, {
-            "preset": preset, "weights": ft.weights, "data": str(work / "shards" / task / "val"),
-            "output": str(work / "eval" / task), "workers": 0} | track))
-        result.stages.append((f"evaluate {task}", f"top-1 {ev.top1:.1%} over {ev.views} views "
-                              f"(chance {ev.chance:.1%}), confusion matrix in {work / 'eval' / task}"))
-        if ft.failed:
-            result.failed = f"finetune {task}: {ft.failed}"
-
-
-def _losses(r, key: str) -> str:
-    if key not in r.first:  # nothing left to train: the checkpoint of an earlier run was complete
-        return f"{r.steps} steps, complete from an earlier run ({r.resumed_from})"
-    return f"{r.steps} steps, {r.seconds:.1f} s, {key} {r.first[key]:.3f} -> {r.last[key]:.3f}"
+    try:
+        mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+        return True
+    except MlflowException:
+        return False

@@ -9,8 +9,8 @@ on the temporal task (camera-motion, SSv2-like) and the appearance task (scene, 
 ``joint``    BEVT: image stream, then both streams initialised from it.
 
 Every pretraining and finetuning run is repeated per seed; the table gives the mean and the spread
-(sample standard deviation) of single-view validation top-1. Data preparation is the demo's
-(shards and tokens, idempotent), so a study after a demo reuses them.
+(sample standard deviation) of single-view validation top-1. The data is sharded and tokenized
+with the demo's settings into the study's work dir (idempotent: a rerun reuses it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bevt_core.config import at_least, from_dict, non_empty, option, to_dict
-from bevt_core.stages.demo import DemoConfig, DemoResult, fetch_samples, prepare
+from bevt_core.stages.demo import DataSettings, SamplesConfig, fetch_samples
 from bevt_core.train.results import TrainStageResult
 
 ARMS = ("scratch", "image", "video", "joint")
@@ -41,8 +41,8 @@ class StudyConfig:
     arms: tuple[str, ...] = option(ARMS, help=f"Initialisations to compare: {', '.join(ARMS)}.", check=arms_check)
     max_steps: int = option(0, help="Cut every pretraining and finetuning run to this many steps (0: the presets' "
                             "epochs); for smoke runs, not for numbers.", check=at_least(0))
-    data: DemoConfig = option(DemoConfig, help="Sample data and its shards and tokens, made as the demo makes them "
-                              "(data.work_dir: where; the demo's by default, so they are shared).")
+    samples: SamplesConfig = option(SamplesConfig, help="The sample data.")
+    data: DataSettings = option(DataSettings, help="Sharding and tokenizing (shards and tokens in work_dir/data).")
 
 
 @dataclass
@@ -130,17 +130,47 @@ def _plot(result: StudyResult, path: Path) -> None:
     plt.close(fig)
 
 
+def prepare(d: DataSettings, data, work: Path) -> str:
+    """Shard both sample tasks and the images, then tokenize the pretraining sets with one codebook,
+    fitted on the camera-motion videos (the video and image streams share the lm_head, so they must
+    share the tokenizer); returns what failed, or "". Both stages skip what is already done."""
+    from bevt_core.stages import shard, tokenize
+    from bevt_core.tokenizers import CODEBOOK_FILE
+
+    jobs = []
+    for task in (data.camera_motion, data.scene):
+        for split, listing in (("train", task.train_list), ("val", task.val_list)):
+            jobs.append((f"shard {task.name}/{split}", shard.ShardConfig(
+                input=str(listing), root=str(task.root), classes=str(task.root / "classes.txt"),
+                output=str(work / "shards" / task.name / split), modality="video", frame_interval=d.frame_interval,
+                short_side=d.short_side, samples_per_shard=32, max_reject_rate=0.0, tracking_uri="none")))
+    jobs.append(("shard images", shard.ShardConfig(
+        input=str(data.images_list), root=str(data.images_root), output=str(work / "shards" / "images"),
+        modality="image", short_side=d.short_side, samples_per_shard=256, max_reject_rate=0.0, tracking_uri="none")))
+    for name, stage_cfg in jobs:
+        out = shard.run(stage_cfg)
+        if out.failed:
+            return f"{name}: {out.failed}"
+    sets = ["camera-motion/train", "images"]
+    fitted = work / "tokens" / sets[0] / CODEBOOK_FILE
+    for name in sets:
+        tokenize.run(tokenize.TokenizeConfig(
+            input=str(work / "shards" / name), output=str(work / "tokens" / name), tokenizer="codebook",
+            codebook="" if name == sets[0] else str(fitted), codebook_size=d.codebook_size, views=d.views,
+            crop=d.crop, device="cpu", tracking_uri="none"))
+    return ""
+
+
 def run(cfg: StudyConfig) -> StudyResult:
     from bevt_core.stages import finetune
 
-    data = fetch_samples(cfg.data.samples).data
-    prepared = Path(cfg.data.work_dir)
-    made = DemoResult(str(prepared))
+    data = fetch_samples(cfg.samples).data
     out = Path(cfg.work_dir)
+    prepared = out / "data"
     out.mkdir(parents=True, exist_ok=True)
     result = StudyResult(str(out), tuple(cfg.seeds), [Cell(a, t) for a in cfg.arms for t in TASKS], {})
-    if not prepare(cfg.data, data, prepared, made, {"tracking_uri": "none"}):
-        result.failed = made.failed
+    result.failed = prepare(cfg.data, data, prepared)
+    if result.failed:
         return result
     for seed in cfg.seeds:
         runs = _pretrain(cfg, prepared, seed)

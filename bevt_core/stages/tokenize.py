@@ -79,6 +79,8 @@ class TokenizeConfig:
                                "when set, else no run; none: off.")
     experiment: str = option("bevt", help="MLflow experiment name (a nested run goes in its parent's).")
     parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
+    run_label: str = option("", help="Added to the MLflow run's name ('tokenize scene'): tells apart the runs of one "
+                            "stage in a pipeline run.")
 
     def check(self) -> str | None:
         if self.crop % CELL:
@@ -277,7 +279,7 @@ def run(cfg: TokenizeConfig) -> TokenizeResult:
     from bevt_core.train import tracking
 
     with tracking.stage_run("tokenize", cfg, cfg.tracking_uri, None, cfg.experiment, cfg.parent_run_id,
-                            cfg.output) as tracker:
+                            cfg.output, label=cfg.run_label) as tracker:
         result = _tokenize(cfg)
         report.tokenize(tracker, result)
     return result

@@ -25,8 +25,8 @@ PIPELINE_EXPERIMENT = "bevt"  # bevt pipeline run-local's default experiment
 PIPELINE_RUN = "lineage-test"
 PIPELINE_MODEL = "bevt-lineage-test"
 PIPELINE_STEPS = {  # the pipeline's step runs: name -> how many of them (one finetune task: scene)
-    "shard": 2, "tokenize": 2, "pretrain-image": 1, "pretrain-joint": 1, "shard scene": 2, "finetune scene": 1,
-    "evaluate scene": 1}
+    "shard pretraining videos": 1, "shard images": 1, "tokenize videos": 1, "tokenize images": 1,
+    "pretrain-image": 1, "pretrain-joint": 1, "shard scene": 2, "finetune scene": 1, "evaluate scene": 1}
 
 
 @dataclass(frozen=True)

@@ -78,15 +78,18 @@ def test_artifact_locations():
 
 
 def test_publish_logs_numbers_writes_the_report_and_fails_on_failure(tmp_path):
-    metrics = FakeArtifact(metadata={})
+    metrics = FakeArtifact(path=str(tmp_path / "metrics"), metadata={})
     md = FakeArtifact(path=str(tmp_path / "r.md"), schema_title="system.Markdown")
     result = {"steps": 3, "last": {"loss": 1.5, "acc": float("nan")}, "weights": "w.pt", "failed": ""}
     assert kfp_io.publish(result, metrics, md, "finetune") == result
     assert metrics.metadata == {"steps": 3.0, "last_loss": 1.5}
+    # The metrics are in the artifact's file too: the local runner's cache needs every output to exist.
+    assert json.loads((tmp_path / "metrics").read_text()) == metrics.metadata
     assert (tmp_path / "r.md").read_text().startswith("## finetune\n") and "weights: w.pt" in (tmp_path / "r.md").read_text()
     page = FakeArtifact(path=str(tmp_path / "r.html"), schema_title="system.HTML")
     with pytest.raises(RuntimeError, match="shard failed: 9 of 10 inputs rejected"):
-        kfp_io.publish({"ok": 1, "failed": "9 of 10 inputs rejected"}, FakeArtifact(metadata={}), page, "shard")
+        kfp_io.publish({"ok": 1, "failed": "9 of 10 inputs rejected"},
+                       FakeArtifact(path=str(tmp_path / "m2"), metadata={}), page, "shard")
     assert (tmp_path / "r.html").read_text().startswith("<h2>shard</h2><pre>")
 
 
