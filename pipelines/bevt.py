@@ -64,7 +64,7 @@ def bevt_pipeline(
     views: int = 4, crop: int = 224, codebook_size: int = 1024, pretrain_frame_interval: int = 8,
     short_side: int = 320, image_epochs: float = 0.0, joint_epochs: float = 0.0, finetune_epochs: float = 0.0,
     max_steps: int = 0, nodes: int = 1, min_nodes: int = 0, finetune_nodes: int = 1, gpus_per_node: int = 8,
-    procs_per_node: int = 1, distributed_mode: str = "kubernetes", namespace: str = "", trainer_image: str = "",
+    procs_per_node: int = 1, finetune_procs_per_node: int = 1, distributed_mode: str = "kubernetes", namespace: str = "", trainer_image: str = "",
     tracking_uri: str = "auto", workers: int = 2, parent_run_id: str = "",
 ):
     # Every step's MLflow run goes to one store and nests under the pipeline's parent run.
@@ -90,13 +90,12 @@ def bevt_pipeline(
                                               image_tokens=image_tokens.outputs["tokens"], preset=recipe,
                                               epochs=image_epochs, **train_args), "8", "64Gi",
                                CLUSTER.train_retries)).set_display_name("pretrain image stream")
-    placement = dict(mode=distributed_mode, gpus_per_node=gpus_per_node, procs_per_node=procs_per_node,
-                     namespace=namespace, image=trainer_image)
+    placement = dict(mode=distributed_mode, gpus_per_node=gpus_per_node, namespace=namespace, image=trainer_image)
     # The launcher steps only watch their PyTorchJob: small, no GPU. In local mode torchrun runs inside them.
     joint = _common(pretrain_joint(videos=pt_videos.outputs["shards"], video_tokens=video_tokens.outputs["tokens"],
                                    images=pt_images.outputs["shards"], image_tokens=image_tokens.outputs["tokens"],
                                    init=image_model.outputs["model"], preset=recipe, epochs=joint_epochs, nodes=nodes,
-                                   min_nodes=min_nodes,
+                                   min_nodes=min_nodes, procs_per_node=procs_per_node,
                                    **train_args, **placement),
                     "1", "2Gi", CLUSTER.train_retries).set_display_name("pretrain joint")
     # Every downstream task from the one pretrained model: items are FinetuneTask mappings. (Their field
@@ -110,8 +109,8 @@ def bevt_pipeline(
                          "8", "16Gi", CLUSTER.data_retries).set_display_name("shard finetune val")
         tuned = _common(finetune(train=ft_train.outputs["shards"], val=ft_val.outputs["shards"],
                                  init=joint.outputs["model"], preset=task.preset, epochs=finetune_epochs,
-                                 nodes=finetune_nodes, register_as=task.register_as, run_label=task.run_label,
-                                 **train_args, **placement),
+                                 nodes=finetune_nodes, procs_per_node=finetune_procs_per_node,
+                                 register_as=task.register_as, run_label=task.run_label, **train_args, **placement),
                         "1", "2Gi", CLUSTER.train_retries).set_display_name("finetune")
         _gpu(_common(evaluate(model=tuned.outputs["model"], data=ft_val.outputs["shards"], preset=task.preset,
                               workers=workers, run_label=task.run_label, **tracked),

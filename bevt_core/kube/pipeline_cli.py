@@ -74,7 +74,11 @@ class PipelineParams:
                             "nodes and `nodes`.", check=at_least(0))
     finetune_nodes: int = option(1, help="Nodes of the finetune PyTorchJob.", check=at_least(1))
     gpus_per_node: int = option(8, help="GPUs per node of the PyTorchJobs (one rank each).", check=at_least(0))
-    procs_per_node: int = option(1, help="Ranks per node without GPUs (run-local: processes).", check=at_least(1))
+    procs_per_node: int = option(1, help="Ranks per node of pretrain-joint without GPUs (run-local: processes).",
+                                 check=at_least(1))
+    finetune_procs_per_node: int = option(1, help="Ranks per node of each finetune step without GPUs (run-local: "
+                                          "processes; the tasks' finetunes already run side by side).",
+                                          check=at_least(1))
     distributed_mode: str = option("kubernetes", help="How the distributed steps run: a PyTorchJob, or torchrun "
                                    "in the step's own container.", choices=("kubernetes", "local"))
     namespace: str = option("", help="Namespace of the PyTorchJobs (default: the launcher's).")

@@ -46,8 +46,8 @@ class DemoConfig:
                            "outputs and the step cache), the MLflow store (mlflow.db, mlartifacts/), report.html.")
     samples: SamplesConfig = option(SamplesConfig, help="The sample data.")
     data: DataSettings = option(DataSettings, help="Sharding and tokenizing.")
-    processes: int = option(2, help="torchrun processes of the distributed steps (pretrain-joint, finetune).",
-                            check=at_least(1))
+    processes: int = option(2, help="torchrun processes of pretrain-joint (each task's finetune runs as one "
+                            "process, the two tasks side by side).", check=at_least(1))
     workers: int = option(0, help="DataLoader workers per training process (0: load in the process).",
                           check=at_least(0))
     max_steps: int = option(0, help="Cut every training stage to this many steps (0: the tiny presets' epochs); "

@@ -66,6 +66,9 @@ K400_CLIP = {"clip_len": 32, "frame_interval": 2, "sampling": "interval", "crop"
 SSV2_CLIP = {"clip_len": 32, "frame_interval": 1, "sampling": "uniform", "crop": 224, "flip": 0.0,
              "rand_augment": "rand-m7-n4", "erase": 0.25, "test_clips": 1, "test_crops": 3}
 TINY_SCHEDULE = {"epochs": 12, "warmup_epochs": 1, "cosine_by_epoch": False}
+# Motion is learned late: on camera-motion the tiny trunk sits at chance for a few hundred steps, then the
+# training loss falls (1800 steps: 52% val top-1 against 17% chance; 12 epochs stayed at chance).
+TINY_TEMPORAL_SCHEDULE = TINY_SCHEDULE | {"epochs": 100}
 TINY_RUN = {"batch_size": 8, "accum_steps": 1, "precision": "fp32"}
 TINY_MODEL = {"name": "recognizer-tiny", "drop_path_rate": 0.0, "window_size": (4, 4, 4)}
 PRESETS = {
@@ -88,7 +91,7 @@ PRESETS = {
                   "label_smoothing": 0.0, "mixup": 0.0, "ema_momentum": 0.0},
     "ssv2-tiny": {"model": TINY_MODEL, "optim": {"lr": 2e-3, "weight_decay": 0.05, "groups": "backbone_mult",
                                                  "clip_grad": 0.0},
-                  "schedule": TINY_SCHEDULE, "run": TINY_RUN,
+                  "schedule": TINY_TEMPORAL_SCHEDULE, "run": TINY_RUN,
                   "clip": SSV2_CLIP | {"clip_len": 8, "crop": 64, "rand_augment": "off", "erase": 0.25},
                   "label_smoothing": 0.1, "mixup": 0.0, "ema_momentum": 0.0},
 }

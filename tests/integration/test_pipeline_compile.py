@@ -85,6 +85,9 @@ def test_tasks_and_their_order(ir):
     finetune = by_name["finetune"]["inputs"]
     assert finetune["artifacts"]["init"] == {"componentInputArtifact": "pipelinechannel--pretrain-joint-model"}
     assert finetune["parameters"]["nodes"] == {"componentInputParameter": "pipelinechannel--finetune_nodes"}
+    assert finetune["parameters"]["procs_per_node"] == {
+        "componentInputParameter": "pipelinechannel--finetune_procs_per_node"}
+    assert joint["parameters"]["procs_per_node"] == {"componentInputParameter": "procs_per_node"}
     # The task's own fields come from the loop item.
     for name, param, field in (("finetune", "preset", "preset"), ("finetune", "register_as", "register_as"),
                                ("evaluate", "run_label", "run_label"), ("shard finetune val", "input_list", "val_list"),

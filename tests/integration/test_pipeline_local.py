@@ -40,7 +40,7 @@ def test_run_local_whole_pipeline(samples, tmp_path, cli_env):
         "videos_root": str(scene.root), "images_root": str(samples.images_root),
         "recipe": "tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
         "codebook_size": 32, "short_side": 64, "pretrain_frame_interval": 2,
-        "max_steps": 2, "procs_per_node": 2, "workers": 0, "tracking_uri": "none"}
+        "max_steps": 2, "procs_per_node": 2, "finetune_procs_per_node": 2, "workers": 0, "tracking_uri": "none"}
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"action": "run-local", "params": params,
                                       "pipeline_root": str(tmp_path / "root"), "caching": False}))
@@ -65,6 +65,8 @@ def test_run_local_whole_pipeline(samples, tmp_path, cli_env):
         (recognizer,) = root.rglob(f"for-loop-*-iteration-{i}/finetune/model/recognizer.pt")
         meta = torch.load(recognizer, weights_only=True)["meta"]
         assert meta["format"] == "recognizer" and meta["classes"] == task.classes, task.name
+        (result,) = root.rglob(f"for-loop-*-iteration-{i}/finetune/model/finetune-result.json")
+        assert json.loads(result.read_text())["samples"] == 2 * 2 * 8  # two torchrun ranks, 8 clips each
         (metrics,) = root.rglob(f"for-loop-*-iteration-{i}/evaluate/results/metrics.json")
         scores = json.loads(metrics.read_text())
         assert scores["classes"] == task.classes

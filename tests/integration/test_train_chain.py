@@ -3,7 +3,8 @@ shard -> tokenize -> pretrain-image -> pretrain-joint -> finetune -> evaluate.
 
 Pretraining losses must fall; finetuning from the joint checkpoint must beat chance on the scene
 task (11 appearance classes, K400-like; camera motion, 6 temporal classes, SSv2-like, is run
-and scored) and the evaluate stage must write its metrics and plot. MLflow (SQLite in the work
+and scored) and the evaluate stage must write its metrics and plot. The ssv2-tiny recipe from
+scratch must learn camera motion. MLflow (SQLite in the work
 directory, the default) must hold the config, per-step metrics and artifacts.
 """
 
@@ -81,9 +82,9 @@ def test_tiny_chain(data, tmp_path):
     print("accuracy (finetune 1-view, evaluate multi-view, chance):", accuracy)
     top1, _, chance = accuracy["scene"]
     assert top1 > 2 * chance, accuracy
-    # Camera motion (motion only; train and val come from different source videos) is not learned by
-    # the tiny recipe in a CPU-minutes budget: the run must complete and be scored, the accuracy is
-    # reported, not asserted. See the issue's closing note.
+    # Camera motion from this tiny joint pretraining stays near chance (the inflated tubelet embedding
+    # starts temporally symmetric, and minutes of appearance-token pretraining do not break that): it
+    # is run and scored here; test_camera_motion_is_learned_from_scratch shows the recipe learns it.
 
     _check_mlflow(tmp_path / "image", image.run_id)
 
@@ -99,6 +100,18 @@ def _check_mlflow(work: Path, run_id: str) -> None:
     assert len(losses) >= 10 and {"acc_image", "lr", "grad_norm", "samples_per_s", "memory_gb"} <= set(run.data.metrics)
     assert "config.yaml" in [a.path for a in client.list_artifacts(run_id)]
     assert (work / "mlartifacts").is_dir()  # beside the database, not ./mlruns of the working directory
+
+
+def test_camera_motion_is_learned_from_scratch(data, tmp_path):
+    """Only motion carries the camera-motion label: clip j of every class shares the source, the time
+    window and the crops' per-frame distribution, and val comes from other source videos. So the
+    training loss can only fall by learning motion, and val accuracy above chance means it transfers."""
+    ft = finetune.run(from_dict(finetune.FinetuneConfig, {
+        "preset": "ssv2-tiny", "train": str(data / "motion_train"), "val": str(data / "motion_val"),
+        "run": run_args(tmp_path) | {"tracking_uri": "none"}}))
+    print(ft.summary())
+    assert not ft.failed and ft.last["loss"] < ft.first["loss"] - 0.4, ft.summary()
+    assert ft.val["top1"] > ft.val["chance"] * 1.2, ft.summary()
 
 
 def test_online_targets_train_exactly_like_stored_ones(data, tmp_path):
