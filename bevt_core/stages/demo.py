@@ -150,6 +150,11 @@ def run(cfg: DemoConfig) -> DemoResult:
     from bevt_core.kube.pipeline_cli import run_local
     from bevt_core.reports import pipeline as report
 
+    import os
+
+    # The runner runs up to two steps at once (the tasks' finetunes side by side) and torchrun gives a
+    # lone rank every core: without one thread per process, two finetunes on 2 cores crawl.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     data = fetch_samples(cfg.samples).data
     work = Path(cfg.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
