@@ -163,14 +163,18 @@ def submit(cfg: PipelineConfig) -> Any:
             service_account=cfg.service_account or None)
 
 
+def pipeline_dags(spec: dict) -> list[dict]:
+    """The compiled pipeline's DAGs: the root one and the finetune loop's."""
+    return [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+
+
 def set_caching(package: str, enabled: bool) -> str:
     """Turn every step's cache on or off in the compiled ``package``. kfp.Client's ``enable_caching``
     reaches only the root DAG's steps and would leave the finetune loop's caching as compiled."""
     import yaml
 
     spec, *platform = yaml.safe_load_all(Path(package).read_text())
-    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
-    for task in (t for dag in dags for t in dag["tasks"].values() if "cachingOptions" in t):
+    for task in (t for dag in pipeline_dags(spec) for t in dag["tasks"].values() if "cachingOptions" in t):
         task["cachingOptions"]["enableCache"] = enabled
     Path(package).write_text(yaml.safe_dump_all([spec, *platform], sort_keys=False))
     return package

@@ -101,11 +101,8 @@ def test_submit_creates_the_experiment_and_a_run_of_the_compiled_pipeline(kfp_ap
     assert sent["platform_spec"] == platform
     # Caching off for this run: every step's cache switch is turned off in what is sent, the finetune
     # loop's steps included (kfp.Client's own switch misses them); the rest is exactly the compiled pipeline.
-    def dags(pipeline_spec: dict) -> list[dict]:  # the root DAG and the ParallelFor's
-        return [pipeline_spec["root"]["dag"]] + [c["dag"] for c in pipeline_spec["components"].values() if "dag" in c]
-
     steps = 0
-    for sent_dag, dag in zip(dags(sent["pipeline_spec"]), dags(spec)):
+    for sent_dag, dag in zip(pipeline_cli.pipeline_dags(sent["pipeline_spec"]), pipeline_cli.pipeline_dags(spec)):
         for name, task in sent_dag["tasks"].items():
             if "parameterIterator" not in task:  # the loop itself caches nothing
                 assert not task.pop("cachingOptions").get("enableCache")
@@ -122,6 +119,5 @@ def test_submit_with_a_session_cookie(kfp_api, monkeypatch):
     for _, _, headers, _ in kfp_api.requests:
         assert headers["cookie"] == "authservice_session=abc123" and "authorization" not in headers
     spec = kfp_api.requests[-1][3]["pipeline_spec"]["pipeline_spec"]
-    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
-    assert all(t["cachingOptions"]["enableCache"] is True for dag in dags for t in dag["tasks"].values()
+    assert all(t["cachingOptions"]["enableCache"] is True for dag in pipeline_cli.pipeline_dags(spec) for t in dag["tasks"].values()
                if "parameterIterator" not in t)
