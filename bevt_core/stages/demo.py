@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,8 +151,6 @@ def run(cfg: DemoConfig) -> DemoResult:
     from bevt_core.kube.pipeline_cli import run_local
     from bevt_core.reports import pipeline as report
 
-    import os
-
     # The runner runs up to two steps at once (the tasks' finetunes side by side) and torchrun gives a
     # lone rank every core: without one thread per process, two finetunes on 2 cores crawl.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -160,14 +159,12 @@ def run(cfg: DemoConfig) -> DemoResult:
     work.mkdir(parents=True, exist_ok=True)
     result = DemoResult(str(work), f"sqlite:///{work / 'mlflow.db'}")
     pipeline = pipeline_config(cfg, data, work, result.mlflow)
-    pipeline.params.parent_run_id = _resumable(work, pipeline.params, result.mlflow)
+    result.parent_run_id = pipeline.params.parent_run_id = _resumable(work, pipeline.params, result.mlflow)
     try:
-        done = run_local(pipeline)
-        result.parent_run_id = done.parent_run_id
+        run_local(pipeline)
     except Exception as e:  # noqa: BLE001 - a failed step: its run, the report and the rerun say the rest
         result.failed = f"{type(e).__name__}: {e}"
-        result.parent_run_id = _last_parent(work)
-    result.rows = report.stage_rows(result.mlflow, result.parent_run_id, plots=False) if result.parent_run_id else []
+    result.rows = report.stage_rows(result.mlflow, result.parent_run_id, plots=False)
     result.chance = {t.name: 1 / len(t.classes) for t in (data.scene, data.camera_motion)}
     return result
 
@@ -189,11 +186,6 @@ def _resumable(work: Path, params, uri: str) -> str:
     parent = report.open_run(uri, EXPERIMENT, "demo", to_dict(params))
     state.write_text(json.dumps({"parent_run_id": parent, "params_sha256": key}) + "\n")
     return parent
-
-
-def _last_parent(work: Path) -> str:
-    state = work / STATE
-    return json.loads(state.read_text())["parent_run_id"] if state.exists() else ""
 
 
 def _exists(uri: str, run_id: str) -> bool:
