@@ -1,10 +1,10 @@
 """The tiny presets of all four training stages chain on the real sample data:
 shard -> tokenize -> pretrain-image -> pretrain-joint -> finetune -> evaluate.
 
-Pretraining losses must fall; finetuning from the joint checkpoint must beat chance on the scene
-task (11 appearance classes, K400-like; camera motion, 6 temporal classes, SSv2-like, is run
-and scored) and the evaluate stage must write its metrics and plot. The ssv2-tiny recipe from
-scratch must learn camera motion. MLflow (SQLite in the work
+Pretraining losses must fall; finetuning from the joint checkpoint must beat chance on both sample
+tasks (scene: 11 appearance classes, K400-like; camera motion: 6 temporal classes, SSv2-like, val
+clips from source videos never seen in training) and the evaluate stage must write its metrics and
+plot. The ssv2-tiny recipe from scratch must learn camera motion. MLflow (SQLite in the work
 directory, the default) must hold the config, per-step metrics and artifacts.
 """
 
@@ -82,9 +82,10 @@ def test_tiny_chain(data, tmp_path):
     print("accuracy (finetune 1-view, evaluate multi-view, chance):", accuracy)
     top1, _, chance = accuracy["scene"]
     assert top1 > 2 * chance, accuracy
-    # Camera motion from this tiny joint pretraining stays near chance (the inflated tubelet embedding
-    # starts temporally symmetric, and minutes of appearance-token pretraining do not break that): it
-    # is run and scored here; test_camera_motion_is_learned_from_scratch shows the recipe learns it.
+    # The tiny joint trunk learns camera motion only weakly: 25-33% top-1 on these 48 val clips over
+    # seeds 0-2 (chance 16.7%), so the bar is lower than for scene, which is appearance.
+    top1, _, chance = accuracy["motion"]
+    assert top1 > 1.2 * chance, accuracy
 
     _check_mlflow(tmp_path / "image", image.run_id)
 

@@ -288,3 +288,20 @@ def test_swin_b_official_checkpoint_loads_strictly(tmp_path):
     result = load_checkpoint(finetune, {"state_dict": state}, strict=False)
     assert result.missing_keys == ["cls_head.fc_cls.weight", "cls_head.fc_cls.bias"]
     assert finetune.backbone.layers[0].blocks[0].attn.relative_position_bias_table.shape == (5239, 4)
+
+
+def test_inflated_trunk_cannot_tell_a_clip_from_its_time_reversal():
+    """The official inflation (kernel split evenly over the tubelet, one 2D bias for every temporal
+    offset) makes the trunk's pooled features exactly invariant to playing the clip backwards; a
+    random 3D init is not. Pretraining and finetuning have to break that symmetry to see direction."""
+    clip = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def reversal_change(model) -> float:
+        with torch.no_grad():
+            forward, backward = (model.backbone(x).mean((2, 3, 4)) for x in (clip, clip.flip(2)))
+        return ((forward - backward).norm() / forward.norm()).item()
+
+    inflated = build_model("recognizer-tiny").eval()
+    load_checkpoint(inflated, swin_2d_checkpoint(), strict=False)
+    assert reversal_change(inflated) < 1e-5
+    assert reversal_change(build_model("recognizer-tiny").eval()) > 0.05
