@@ -150,9 +150,9 @@ def _train(task: Task, run: RunConfig, optim: OptimConfig, sched: ScheduleConfig
     store = CheckpointStore(run.work_dir, run.keep_last)
 
     resume = {"auto": store.latest(), "never": None}.get(run.resume, run.resume)
-    position = Position()
+    position, history = Position(), []
     if resume:
-        position = load_state(resume, model, optimizer, scaler, ema.module if ema is not None else None)
+        position, history = load_state(resume, model, optimizer, scaler, ema.module if ema is not None else None)
         say(f"resumed from {resume} at step {position.step} (epoch {position.epoch}, "
             f"micro-batch {position.epoch_micro}, {position.samples} samples consumed)")
 
@@ -167,7 +167,7 @@ def _train(task: Task, run: RunConfig, optim: OptimConfig, sched: ScheduleConfig
     peak = _peak_flops(run, device)
     flops_per_micro: float | None = None
 
-    result = TrainResult(0, 0, 0, 0.0, resume or "", resumed_from=resume or "")
+    result = TrainResult(0, 0, 0, 0.0, resume or "", resumed_from=resume or "", history=history)
     sums: dict[str, torch.Tensor] = {}
     window_start, window_samples = time.perf_counter(), 0
     start_time = time.perf_counter()
@@ -242,14 +242,14 @@ def _train(task: Task, run: RunConfig, optim: OptimConfig, sched: ScheduleConfig
                         f"{k} {v:.4g}" for k, v in logged.items() if k not in ("epoch",)))
                 epoch_end = position.epoch_micro == 0 and run.checkpoint_every == 0
                 if (run.checkpoint_every and position.step % run.checkpoint_every == 0) or epoch_end or done():
-                    result.checkpoint = _save(store, model, optimizer, position, scaler, ema, config, env)
+                    result.checkpoint = _save(store, model, optimizer, position, scaler, ema, config, env, result.history)
                     last_saved = position.step
                 if done():
                     break
             if result.stopped:
                 break
         if not result.stopped and last_saved != position.step:
-            result.checkpoint = _save(store, model, optimizer, position, scaler, ema, config, env)
+            result.checkpoint = _save(store, model, optimizer, position, scaler, ema, config, env, result.history)
 
     result.steps, result.micro_steps, result.samples = position.step, position.micro, position.samples
     result.seconds = time.perf_counter() - start_time
@@ -262,11 +262,11 @@ def _train(task: Task, run: RunConfig, optim: OptimConfig, sched: ScheduleConfig
     return result
 
 
-def _save(store: CheckpointStore, model, optimizer, position, scaler, ema, config, env: Dist) -> str:
+def _save(store: CheckpointStore, model, optimizer, position, scaler, ema, config, env: Dist, history: list[dict]) -> str:
     """Rank 0 writes; every rank waits so nobody runs ahead of (or deletes under) the writer."""
     uri = store.path(position.step)
     if env.main:
-        store.save(model, optimizer, position, scaler, ema.module if ema is not None else None, config)
+        store.save(model, optimizer, position, scaler, ema.module if ema is not None else None, config, history)
     if env.world > 1:
         dist.barrier()
     return uri

@@ -1,8 +1,9 @@
 """Training-state checkpoints: everything needed to continue a run exactly where it stopped.
 
 A state file holds the weights under ``state_dict`` (the official layout, so it also loads as a
-plain checkpoint), the optimizer, the step counters, the GradScaler, the EMA weights, every RNG
-and the data position. Files are written atomically (temp + rename, or one completed upload to
+plain checkpoint), the optimizer, the step counters, the GradScaler, the EMA weights, every RNG,
+the data position and the metrics logged so far (so a resumed run still reports its first steps,
+and one resumed after its end its last). Files are written atomically (temp + rename, or one completed upload to
 S3) as ``checkpoints/state-<step>.pt``; then ``checkpoints/latest.json`` is rewritten to list
 the ones kept. A reader trusts only files the index lists, so a kill at any moment leaves either
 the previous or the new checkpoint current, never a partial one. Loading is ``weights_only``.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,10 +78,11 @@ class CheckpointStore:
         return storage.join(self.dir, f"state-{step:08d}.pt")
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, position: Position,
-             scaler: torch.amp.GradScaler | None, ema: nn.Module | None, config: dict) -> str:
+             scaler: torch.amp.GradScaler | None, ema: nn.Module | None, config: dict,
+             history: Sequence[dict] = ()) -> str:
         name = self.path(position.step).rsplit("/", 1)[-1]
         extra = {"optimizer": optimizer.state_dict(), "position": position.to_dict(), "rng": rng_state(),
-                 "config": json.dumps(config, default=str)}
+                 "config": json.dumps(config, default=str), "history": json.dumps(list(history))}
         if scaler is not None:
             extra["scaler"] = scaler.state_dict()
         if ema is not None:
@@ -94,8 +97,9 @@ class CheckpointStore:
 
 
 def load_state(uri: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None, ema: nn.Module | None) -> Position:
-    """Restore a state file into the live objects (and the process RNGs); returns the position."""
+               scaler: torch.amp.GradScaler | None, ema: nn.Module | None) -> tuple[Position, list[dict]]:
+    """Restore a state file into the live objects (and the process RNGs); returns the position and
+    the metrics logged up to it."""
     payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
     unwrap_model(model).load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -104,4 +108,4 @@ def load_state(uri: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     if ema is not None and "ema" in payload:
         ema.load_state_dict(payload["ema"])
     set_rng_state(payload["rng"])
-    return Position(**payload["position"])
+    return Position(**payload["position"]), json.loads(payload.get("history", "[]"))

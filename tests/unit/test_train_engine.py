@@ -78,6 +78,13 @@ def test_resume_reaches_the_same_weights(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     for a, b in zip(full.ema.module.parameters(), resumed.ema.module.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # The metric log travels with the state: the resumed run reports the whole run's first and last steps.
+    logged = lambda r: [(h["step"], h["loss"], h["lr"]) for h in r.history]  # noqa: E731
+    assert logged(again) == logged(result) and again.mean("loss", first=True) == result.mean("loss", first=True)
+    # A run resumed after its end trains nothing and still reports how it ended.
+    finished = fit(make_task(4, ema=0.9), tmp_path / "full", checkpoint_every=3)
+    assert finished.steps == result.steps and logged(finished) == logged(result)
+    assert finished.mean("loss", first=False) == result.mean("loss", first=False)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
