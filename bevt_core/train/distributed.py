@@ -75,6 +75,9 @@ class Watchdog:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        # Wait for the thread to be gone: a DataLoader that forks its workers while this thread is
+        # still tearing down can fork CPython's thread-state lock held, and the worker hangs forever.
+        self._thread.join()
 
     def beat(self) -> None:
         self._last = time.monotonic()

@@ -95,3 +95,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert result.steps == 10 and result.checkpoint.endswith("state-00000010.pt")
     assert CheckpointStore(str(tmp_path), 2).kept()[-1] == "state-00000010.pt"
     assert all(torch.isfinite(p).all() for p in task.model.parameters())
+
+
+def test_no_watchdog_thread_outlives_training(tmp_path):
+    """The evaluation loader forks its workers right after training returns; a thread still tearing
+    down at that moment can leave a worker deadlocked on CPython's thread-state lock."""
+    import threading
+
+    for run in range(5):
+        fit(make_task(4), tmp_path / str(run), epochs=1)
+        assert not [t for t in threading.enumerate() if t.name == "bevt-watchdog"]
