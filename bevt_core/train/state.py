@@ -3,10 +3,11 @@
 A state file holds the weights under ``state_dict`` (the official layout, so it also loads as a
 plain checkpoint), the optimizer, the step counters, the GradScaler, the EMA weights, every RNG,
 the data position and the metrics logged so far (so a resumed run still reports its first steps,
-and one resumed after its end its last). Files are written atomically (temp + rename, or one completed upload to
-S3) as ``checkpoints/state-<step>.pt``; then ``checkpoints/latest.json`` is rewritten to list
-the ones kept. A reader trusts only files the index lists, so a kill at any moment leaves either
-the previous or the new checkpoint current, never a partial one. Loading is ``weights_only``.
+and one resumed after its end its last). Files are written atomically (temp + rename, or one
+completed upload to S3) as ``checkpoints/state-<step>.pt``; then ``checkpoints/latest.json`` is
+rewritten to list the ones kept. A reader trusts only files the index lists, so a kill at any
+moment leaves either the previous or the new checkpoint current, never a partial one. Loading is
+``weights_only``.
 """
 
 from __future__ import annotations
