@@ -22,14 +22,14 @@ test-images: venv
 # Every benchmark; each writes JSON + Markdown to tests/benchmarks/results/. Without a GPU the
 # model and tokenizer benchmarks run their reduced CPU variants (ratios only).
 bench: venv
-	.venv/bin/python tests/benchmarks/bench_data.py
+	.venv/bin/python -m tests.benchmarks.bench_data
 	@if .venv/bin/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
-		.venv/bin/python tests/benchmarks/bench_model.py && \
-		.venv/bin/python tests/benchmarks/bench_tokenize.py && \
-		.venv/bin/python tests/benchmarks/bench_train.py; \
+		.venv/bin/python -m tests.benchmarks.bench_model && \
+		.venv/bin/python -m tests.benchmarks.bench_tokenize && \
+		.venv/bin/python -m tests.benchmarks.bench_train; \
 	else \
-		.venv/bin/python tests/benchmarks/bench_model.py --device cpu --quick && \
-		.venv/bin/python tests/benchmarks/bench_tokenize.py --quick && \
-		.venv/bin/python tests/benchmarks/bench_train.py --device cpu; \
+		.venv/bin/python -m tests.benchmarks.bench_model --device cpu --quick && \
+		.venv/bin/python -m tests.benchmarks.bench_tokenize --quick && \
+		.venv/bin/python -m tests.benchmarks.bench_train --device cpu; \
 	fi
-	.venv/bin/python tests/benchmarks/report.py
+	.venv/bin/python -m tests.benchmarks.report

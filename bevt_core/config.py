@@ -5,6 +5,10 @@ dataclass field metadata (see :func:`option`). The same metadata drives ``--help
 and ``--print-config``, so the CLI, the KFP components and the PyTorchJob command all accept
 exactly the same fields with the same errors. Nested dataclasses become dotted options
 (``--optim.lr 1e-3``).
+
+Two field states are typed rather than spelled in help text: a required field defaults to
+:data:`REQUIRED` (so a section can be built partially, as a recipe does), and a field a recipe
+fills is marked with ``option(preset=True)`` and holds ``None`` until :func:`apply_recipe` fills it.
 """
 
 from __future__ import annotations
@@ -13,22 +17,45 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-MISSING = dataclasses.MISSING
 Check = Callable[[Any], "str | None"]
+
+
+class _Required:
+    """The default of a field that has none: the config is invalid until it is given."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+    def __deepcopy__(self, memo: dict) -> _Required:
+        return self
+
+
+REQUIRED: Any = _Required()
 
 
 class ConfigError(ValueError):
     """A bad config value; the message names the field."""
 
 
-def option(default: Any = MISSING, help: str = "", choices: tuple | None = None, check: Check | None = None):
-    """A dataclass field with the metadata the CLI and validation use. No default = required."""
-    meta = {"help": help, "choices": choices, "check": check}
+def option(
+    default: Any = REQUIRED,
+    help: str = "",
+    choices: tuple | None = None,
+    check: Check | None = None,
+    preset: bool = False,
+):
+    """A dataclass field with the metadata the CLI and validation use. No default: required.
+    ``preset=True``: the stage's recipe gives the default (the field holds None until then)."""
+    if preset:
+        default = None
+        help = f"{help} Default: from the preset."
+    meta = {"help": help, "choices": choices, "check": check, "preset": preset}
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -138,24 +165,27 @@ def from_dict(cls, data: dict, prefix: str = ""):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], prefix + name)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(f"{prefix}{name}: is required")
+    kwargs = {name: _coerce(data[name], hints[name], prefix + name) for name in fields if name in data}
     cfg = cls(**kwargs)
     validate(cfg, prefix)
     return cfg
+
+
+def is_required(f: dataclasses.Field) -> bool:
+    return f.default is REQUIRED
 
 
 def validate(cfg, prefix: str = "") -> None:
     """Run every field's choices/check and the dataclass's own ``check()`` (cross-field rules)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if value is REQUIRED:
+            raise ConfigError(f"{prefix}{f.name}: is required")
         if dataclasses.is_dataclass(value):
             validate(value, f"{prefix}{f.name}.")
             continue
+        if value is None and f.metadata.get("preset"):
+            continue  # its recipe has not filled it yet (a nested section validates before its stage resolves)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{prefix}{f.name}: must be one of {', '.join(map(str, choices))}; got {value!r}")
@@ -192,7 +222,7 @@ def to_yaml(cfg) -> str:
 
 
 def load_yaml(path: str) -> dict:
-    from bevt_core.data import storage
+    from bevt_core import storage
 
     try:
         data = yaml.safe_load(storage.read_bytes(path)) or {}
@@ -217,29 +247,30 @@ def _walk(cls, prefix: str = ""):
 
 
 def _default_text(f) -> str:
-    if f.default is not MISSING:
+    if f.default is not dataclasses.MISSING:
         return repr(f.default)
-    if f.default_factory is not MISSING:
-        return repr(f.default_factory())
-    return ""
+    return repr(f.default_factory())
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """One ``--dotted-name`` option per field; values stay strings until :func:`from_args`."""
-    parser.add_argument("--config", metavar="FILE", help="YAML file of field: value (local or s3://); "
-                        "command-line options override it")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the fully resolved config as YAML and exit without doing any work")
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML file of field: value (local or s3://); command-line options override it"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved config as YAML and exit without doing any work",
+    )
     for name, f, tp in _walk(cls):
         flag = "--" + name.replace("_", "-")
-        required = f.default is MISSING and f.default_factory is MISSING
         help_text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")
         if choices:
             help_text += f" Choices: {', '.join(map(str, choices))}."
-        if required:
+        if is_required(f):
             help_text += " (required)"
-        elif "Default:" not in help_text:
+        elif not f.metadata.get("preset"):
             help_text += f" Default: {_default_text(f)}."
         base, _ = _unwrap_optional(tp)
         if base is bool:
@@ -263,3 +294,31 @@ def from_args(cls, ns: argparse.Namespace):
             node = node.setdefault(p, {})
         node[leaf] = value
     return from_dict(cls, data)
+
+
+def fill_from(cfg: Any, values: Any, prefix: str = "") -> None:
+    """Set every preset field of ``cfg`` still ``None`` from the same field of ``values`` (a dataclass of
+    the same shape, or a recipe holding such sections), recursing into nested configs. A field
+    ``values`` does not have is left alone."""
+    for f in dataclasses.fields(cfg):
+        if not hasattr(values, f.name):
+            continue
+        current, given = getattr(cfg, f.name), getattr(values, f.name)
+        if dataclasses.is_dataclass(current):
+            if given is not None:
+                fill_from(current, given, f"{prefix}{f.name}.")
+        elif current is None and f.metadata.get("preset"):
+            setattr(cfg, f.name, given)
+
+
+def unfilled(cfg: Any, prefix: str = "") -> str | None:
+    """The first preset field still ``None``, by its dotted name."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            name = unfilled(value, f"{prefix}{f.name}.")
+            if name:
+                return name
+        elif value is None and f.metadata.get("preset"):
+            return f"{prefix}{f.name}"
+    return None

@@ -4,25 +4,42 @@ confusion matrix as ClassificationMetrics, an HTML report with the confusion plo
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from bevt_core.kube.images import for_stage
+from bevt_core.images import for_stage
 
 
 @dsl.component(base_image=for_stage("evaluate"), install_kfp_package=False)
-def evaluate(model: Input[Model], data: Input[Dataset], results: Output[Artifact], metrics: Output[Metrics],
-             confusion: Output[ClassificationMetrics], report: Output[HTML], preset: str = "k400-swin-b",
-             workers: int = 2, tracking_uri: str = "auto", parent_run_id: str = "", run_label: str = ""):
+def evaluate(
+    model: Input[Model],
+    data: Input[Dataset],
+    results: Output[Artifact],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+    preset: str = "k400-swin-b",
+    workers: int = 2,
+    tracking_uri: str = "auto",
+    parent_run_id: str = "",
+    run_label: str = "",
+):
     import base64
     import json
 
+    from bevt_core import storage
     from bevt_core.config import from_dict
-    from bevt_core.data import storage
     from bevt_core.kube import kfp_io
     from bevt_core.stages import evaluate as stage
 
-    cfg = from_dict(stage.EvaluateConfig, {"weights": kfp_io.weights(model), "data": data.path,
-                                           "output": results.path, "preset": preset, "workers": workers,
-                                           "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
-                                           "run_label": run_label})
+    cfg = from_dict(
+        stage.EvaluateConfig,
+        {
+            "weights": kfp_io.weights(model),
+            "data": data.path,
+            "output": results.path,
+            "preset": preset,
+            "workers": workers,
+            "tracking": kfp_io.tracking(tracking_uri, parent_run_id, run_label),
+        },
+    )
     result = stage.run(cfg)
     kfp_io.publish(result, metrics, report, "evaluate")
     scores = json.loads(storage.read_bytes(result.files["metrics"]))

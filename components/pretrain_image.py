@@ -3,24 +3,46 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
-from bevt_core.kube.images import for_stage
+from bevt_core.images import for_stage
 
 
 @dsl.component(base_image=for_stage("pretrain-image"), install_kfp_package=False)
-def pretrain_image(images: Input[Dataset], image_tokens: Input[Dataset], model: Output[Model],
-                   metrics: Output[Metrics], report: Output[Markdown], preset: str = "swin-b", epochs: float = 0.0,
-                   max_steps: int = 0, batch_size: int = 0, workers: int = 2, tracking_uri: str = "auto",
-                   parent_run_id: str = ""):
+def pretrain_image(
+    images: Input[Dataset],
+    image_tokens: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+    preset: str = "swin-b",
+    epochs: float = 0.0,
+    max_steps: int = 0,
+    batch_size: int = 0,
+    workers: int = 2,
+    log_every: int = 20,
+    tracking_uri: str = "auto",
+    parent_run_id: str = "",
+):
     """``epochs`` / ``batch_size`` 0: the preset's."""
     from bevt_core.config import from_dict
-    from bevt_core.kube.kfp_io import publish, record_weights
+    from bevt_core.kube.kfp_io import publish, record_weights, tracking
     from bevt_core.stages import pretrain_image as stage
 
-    cfg = from_dict(stage.PretrainImageConfig, {
-        "images": images.path, "image_tokens": image_tokens.path, "preset": preset,
-        "schedule": {"epochs": epochs or None, "max_steps": max_steps},
-        "run": {"work_dir": model.path, "batch_size": batch_size or None, "workers": workers,
-                "tracking_uri": tracking_uri, "parent_run_id": parent_run_id}})
+    cfg = from_dict(
+        stage.PretrainImageConfig,
+        {
+            "images": images.path,
+            "image_tokens": image_tokens.path,
+            "preset": preset,
+            "schedule": {"epochs": epochs or None, "max_steps": max_steps},
+            "run": {
+                "work_dir": model.path,
+                "batch_size": batch_size or None,
+                "workers": workers,
+                "log_every": log_every,
+            },
+            "tracking": tracking(tracking_uri, parent_run_id),
+        },
+    )
     result = stage.run(cfg)
     record_weights(model, result.weights)
     publish(result, metrics, report, "pretrain-image")

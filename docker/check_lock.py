@@ -25,8 +25,11 @@ def main(lock_file: str) -> int:
                 name, _, version = line.partition("==")
                 lock[canonical(name)] = version
     installed = {canonical(d.metadata["Name"]): (d.metadata["Name"], d.version) for d in distributions()}
-    bad = sorted(f"{name}=={version}" for key, (name, version) in installed.items()
-                 if key not in EXEMPT and lock.get(key) != version)
+    bad = sorted(
+        f"{name}=={version}"
+        for key, (name, version) in installed.items()
+        if key not in EXEMPT and lock.get(key) != version
+    )
     if bad:
         print(f"not pinned by {lock_file}: {', '.join(bad)}", file=sys.stderr)
         return 1

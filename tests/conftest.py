@@ -32,7 +32,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3(s3_server, monkeypatch):
     """The S3 server, with the standard AWS environment pointing at it for this test."""
-    from bevt_core.data import storage
+    from bevt_core import storage
 
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -56,16 +57,25 @@ class S3Server:
     region: str = "us-east-1"
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": self.region}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
 
     def client(self, secret_key: str | None = None):
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=secret_key or self.secret_key, region_name=self.region,
-                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+        )
 
 
 def wait_ready(proc: subprocess.Popen, ready, name: str, log: Path, timeout_s: float) -> None:
@@ -94,21 +104,49 @@ def seaweedfs(workdir: Path, buckets: tuple[str, ...] = ("bevt-test",)):
     workdir.mkdir(parents=True, exist_ok=True)
     server = S3Server("", "bevt-test-key", "bevt-test-secret")
     config = workdir / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "bevt", "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "bevt",
+                        "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     ports = {name: free_port(10000) for name in ("master", "volume", "filer", "s3", "admin")}
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", server.access_key, server.secret_key)
-    cmd = [weed, "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-           f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}", f"-s3.port.iceberg={free_port()}",
-           "-webdav=false", "-admin.ui=false", f"-s3.config={config}", f"-bucket={','.join(buckets)}"]
+    cmd = [
+        weed,
+        "mini",
+        f"-dir={workdir / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-s3.port={ports['s3']}",
+        f"-admin.port={ports['admin']}",
+        f"-s3.port.iceberg={free_port()}",
+        "-webdav=false",
+        "-admin.ui=false",
+        f"-s3.config={config}",
+        f"-bucket={','.join(buckets)}",
+    ]
     log = open(workdir / "weed.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     try:
         client = server.client()
-        wait_ready(proc, lambda: set(buckets) <= {b["Name"] for b in client.list_buckets().get("Buckets", [])},
-                   "weed mini", workdir / "weed.log", 60)
+        wait_ready(
+            proc,
+            lambda: set(buckets) <= {b["Name"] for b in client.list_buckets().get("Buckets", [])},
+            "weed mini",
+            workdir / "weed.log",
+            60,
+        )
         yield server
     finally:
         stop(proc)
@@ -137,15 +175,30 @@ def mlflow_server(workdir: Path, s3: S3Server, bucket: str = "bevt-test", prefix
     port = free_port()
     server = MlflowServer(f"http://127.0.0.1:{port}", s3, f"s3://{bucket}/{prefix}")
     # No job runner: it forks a handful of huey consumers (GenAI jobs) that no test uses.
-    env = {**os.environ, **s3.env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--artifacts-destination", server.artifacts, "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "2"]
+    env = {
+        **os.environ,
+        **s3.env(),
+        "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        server.artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    ]
     log = open(workdir / "mlflow.log", "wb")
     # Its own session, so stopping the PID also reaches the worker processes it forks.
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True)
+
     def healthy() -> bool:
         with urllib.request.urlopen(server.uri + "/health", timeout=2) as r:
             return r.status == 200
@@ -167,10 +220,8 @@ def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout)
-    try:  # workers that outlived their parent
+    with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @contextmanager
@@ -192,8 +243,7 @@ def kill_mid_job(cmd: list[str], out: Path, env: dict, min_parts: int = 2, timeo
     """Start a shard-producing ``bevt`` command, SIGKILL it while a tar is half written after at
     least ``min_parts`` finished, and check it left nothing that looks complete. Returns the
     number of finished parts."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         parts = list((out / "_parts").glob("*-*.parquet")) if (out / "_parts").exists() else []

@@ -105,13 +105,24 @@ def _decode_decord(source: Path | bytes, frame_interval: int, max_frames: int) -
 
 # Leading bytes of video containers: a file that starts like one but will not open is a damaged
 # video (cut short before its index, corrupt header), not some other kind of file.
-_CONTAINER_MAGIC = ((4, b"ftyp"), (0, b"RIFF"), (0, b"\x1a\x45\xdf\xa3"), (0, b"OggS"), (0, b"\x00\x00\x01\xba"),
-                    (0, b"\x00\x00\x01\xb3"), (0, b"FLV"), (0, b"\x30\x26\xb2\x75"), (4, b"moov"), (4, b"mdat"),
-                    (4, b"wide"), (4, b"free"))
+_CONTAINER_MAGIC = (
+    (4, b"ftyp"),
+    (0, b"RIFF"),
+    (0, b"\x1a\x45\xdf\xa3"),
+    (0, b"OggS"),
+    (0, b"\x00\x00\x01\xba"),
+    (0, b"\x00\x00\x01\xb3"),
+    (0, b"FLV"),
+    (0, b"\x30\x26\xb2\x75"),
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"wide"),
+    (4, b"free"),
+)
 
 
 def looks_like_video(head: bytes) -> bool:
-    return any(head[at:at + len(magic)] == magic for at, magic in _CONTAINER_MAGIC)
+    return any(head[at : at + len(magic)] == magic for at, magic in _CONTAINER_MAGIC)
 
 
 def _head(source: Path | bytes) -> bytes:
@@ -129,8 +140,9 @@ def _decode_pyav(source: Path | bytes, frame_interval: int, max_frames: int) -> 
         container = av.open(src)
     except Exception as e:  # noqa: BLE001 -- every PyAV open failure means the same to us
         if looks_like_video(_head(source)):
-            raise RejectedInput("undecodable", f"a video container that will not open (cut short or "
-                                f"corrupt): {e}") from None
+            raise RejectedInput(
+                "undecodable", f"a video container that will not open (cut short or corrupt): {e}"
+            ) from None
         raise RejectedInput("not_a_video", f"PyAV cannot open it: {e}") from None
     with container:
         if not container.streams.video:
@@ -167,8 +179,9 @@ def _indexless(head: bytes) -> bool:
     return ts or head.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"))
 
 
-def decode_video(source: Path | bytes, frame_interval: int = 1, max_frames: int = 0,
-                 min_frames: int = 2) -> DecodedVideo:
+def decode_video(
+    source: Path | bytes, frame_interval: int = 1, max_frames: int = 0, min_frames: int = 2
+) -> DecodedVideo:
     """Decode the kept frames of a video; raises :class:`RejectedInput` with the reason."""
     head = _head(source)
     try:

@@ -6,8 +6,9 @@ that cannot be parsed still becomes an item (with ``problem`` set) so that it la
 
 Accepted forms:
 - K400 / Diving48 lists (``.txt``, ``.csv``, anything not JSON): ``relative/path label`` per line,
-  whitespace or comma separated; ``label`` is a class index or a class name. A line with only a
-  path, or with label -1, is unlabelled (label -1), as image-pretraining lists are.
+  whitespace or comma separated; ``label`` is the last field (so a path may contain spaces), a class
+  index or a class name. A line with only a path (its last field is a file name with a media
+  extension), or with label -1, is unlabelled (label -1), as image-pretraining lists are.
 - SSv2-style JSON: a list of objects with ``id`` (the file is ``<id><video_ext>``) and ``label``
   or ``template`` (brackets removed, as the SSv2 label file spells classes).
 - A local folder holding one subfolder per class (class names sorted, indices from 0).
@@ -21,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bevt_core.data import storage
+from bevt_core import storage
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".ogv", ".m4v", ".flv", ".wmv", ".3gp")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -80,25 +81,31 @@ def _parse_label(raw: str, class_index: dict[str, int] | None) -> tuple[int, str
     return class_index[raw], ""
 
 
+_PATH_AND_LABEL = re.compile(r"^(?P<path>.*?\S)[\s,]+(?P<label>[^\s,]+)$")
+
+
+def _split_line(line: str) -> tuple[str, str]:
+    """(path, raw label) of one list line. The label is the last field, so a path may hold spaces; a line
+    whose last field is itself a media file name is a path alone (an unlabelled image or video)."""
+    match = _PATH_AND_LABEL.match(line)
+    if match is None or match["label"].lower().endswith(VIDEO_EXTS + IMAGE_EXTS):
+        return line, ""
+    return match["path"], match["label"]
+
+
 def _read_list_lines(text: str) -> list[tuple[str, str, str]]:
     """(path, raw label, problem) for each non-empty, non-comment line."""
     out = []
     for line in text.splitlines():
         line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = [f for f in re.split(r"[,\s]+", line) if f]
-        if len(fields) == 1:
-            out.append((fields[0], "", ""))
-        elif len(fields) == 2:
-            out.append((fields[0], fields[1], ""))
-        else:
-            out.append((fields[0], " ".join(fields[1:]), f"expected 'path label', got {len(fields)} fields"))
+        if line and not line.startswith("#"):
+            out.append((*_split_line(line), ""))
     return out
 
 
-def read_inputs(input_uri: str, classes_uri: str = "", video_ext: str = ".webm",
-                exts: tuple[str, ...] = VIDEO_EXTS) -> tuple[list[InputItem], list[str]]:
+def read_inputs(
+    input_uri: str, classes_uri: str = "", video_ext: str = ".webm", exts: tuple[str, ...] = VIDEO_EXTS
+) -> tuple[list[InputItem], list[str]]:
     """All input items in order, and the class names (index order)."""
     names = read_classes(classes_uri) if classes_uri else None
     if not storage.is_s3(input_uri) and Path(input_uri).is_dir():

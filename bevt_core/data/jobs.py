@@ -15,15 +15,16 @@ import multiprocessing
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
+from bevt_core import storage
 from bevt_core.config import ConfigError
-from bevt_core.data import storage
 
 PARTS = "_parts"
 
@@ -40,8 +41,10 @@ def check_same_settings(output: str, settings: dict) -> None:
         earlier = json.loads(storage.read_bytes(uri))
         changed = [k for k in settings if earlier.get(k) != settings[k]]
         if changed:
-            raise ConfigError(f"{changed[0]}: {output} already holds outputs made with "
-                              f"{changed[0]}={earlier.get(changed[0])!r}; use another --output or delete it")
+            raise ConfigError(
+                f"{changed[0]}: {output} already holds outputs made with "
+                f"{changed[0]}={earlier.get(changed[0])!r}; use another --output or delete it"
+            )
         return
     storage.write_bytes(uri, json.dumps(settings, indent=1, sort_keys=True).encode())
 
@@ -92,13 +95,27 @@ def atomic_tar(output: str, name: str) -> Iterator[Any]:
         Path(tmp).unlink(missing_ok=True)
 
 
-def run_parallel(tasks: Sequence[Any], fn: Callable[[Any], Any], workers: int, progress: bool, desc: str,
-                 weight: Callable[[Any], int] = lambda t: 1, postfix: Callable[[list], dict] | None = None,
-                 init: Callable[[], None] | None = None, unit: str = "item") -> list:
+def run_parallel(
+    tasks: Sequence[Any],
+    fn: Callable[[Any], Any],
+    workers: int,
+    progress: bool,
+    desc: str,
+    weight: Callable[[Any], int] = lambda t: 1,
+    postfix: Callable[[list], dict] | None = None,
+    init: Callable[[], None] | None = None,
+    unit: str = "item",
+) -> list:
     """``fn(task)`` for every task, across ``workers`` processes, with a progress bar weighted by
     ``weight(task)``; results come back in task order."""
-    bar = tqdm(total=sum(weight(t) for t in tasks), desc=desc, unit=unit, disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(weight(t) for t in tasks),
+        desc=desc,
+        unit=unit,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     results: dict[int, Any] = {}
 
     def done(i: int, result: Any) -> None:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from bevt_core.data import storage
+from bevt_core import storage
 from bevt_core.data.decode import decode_jpeg
 from bevt_core.data.manifest import Manifest, load_manifest
-from bevt_core.data.shards import Sample, parse_sample
+from bevt_core.data.shard_format import Sample, parse_sample
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def read_sample(manifest: Manifest, row: dict) -> Sample:
     return parse_sample(data)
 
 
-def _read_runs(manifest: Manifest, rows: list[dict], parse: Callable[[bytes], Any] = parse_sample) -> Iterator:
+def read_runs(manifest: Manifest, rows: list[dict], parse: Callable[[bytes], Any] = parse_sample) -> Iterator:
     """Read rows in order, one sequential stream per run of adjacent samples in a shard; yields
     ``parse(sample bytes)`` (a :class:`Sample` by default; other shard kinds pass their own)."""
     stream, shard, pos = None, None, -1
@@ -94,7 +95,7 @@ def _read_runs(manifest: Manifest, rows: list[dict], parse: Callable[[bytes], An
                 stream = storage.open_read(manifest.shard_uri(row), row["offset"])
             data = stream.read(row["bytes"])
             if len(data) != row["bytes"]:
-                raise IOError(f"{shard}: expected {row['bytes']} bytes at {row['offset']}, got {len(data)}")
+                raise OSError(f"{shard}: expected {row['bytes']} bytes at {row['offset']}, got {len(data)}")
             pos = row["offset"] + row["bytes"]
             yield parse(data)
     finally:
@@ -105,14 +106,23 @@ def _read_runs(manifest: Manifest, rows: list[dict], parse: Callable[[bytes], An
 class ShardStream(IterableDataset):
     """Samples of a shard directory (local or ``s3://``), each read once per epoch across the job.
 
-    Yields :class:`~bevt_core.data.shards.Sample` (JPEG bytes, so a transform decodes only the
+    Yields :class:`~bevt_core.data.shard_format.Sample` (JPEG bytes, so a transform decodes only the
     frames it uses), or with ``decode=True`` a dict with ``frames`` as a (F, H, W, 3) uint8 array.
     Call :meth:`set_epoch` before each epoch when shuffling.
     """
 
-    def __init__(self, root: str, *, shuffle: bool = False, seed: int = 0, even_ranks: bool = False,
-                 shuffle_buffer: int = 0, decode: bool = False, rank: int | None = None,
-                 world_size: int | None = None):
+    def __init__(
+        self,
+        root: str,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        even_ranks: bool = False,
+        shuffle_buffer: int = 0,
+        decode: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         self.manifest = load_manifest(root)
         self.shuffle, self.seed, self.even_ranks = shuffle, seed, even_ranks
         self.shuffle_buffer, self.decode = shuffle_buffer, decode
@@ -133,20 +143,25 @@ class ShardStream(IterableDataset):
 
     def __iter__(self):
         consumer = current_consumer(self.rank, self.world_size)
-        samples = _read_runs(self.manifest, self.rows_for(consumer))
+        samples = read_runs(self.manifest, self.rows_for(consumer))
         if self.shuffle and self.shuffle_buffer > 1:
-            samples = _buffer_shuffle(samples, self.shuffle_buffer,
-                                      random.Random(hash((self.seed, self.epoch, consumer))))
+            samples = buffer_shuffle(
+                samples, self.shuffle_buffer, random.Random(hash((self.seed, self.epoch, consumer)))
+            )
         for sample in samples:
             yield self._decode(sample) if self.decode else sample
 
     @staticmethod
     def _decode(sample: Sample) -> dict:
-        return {"key": sample.key, "label": sample.label, "meta": sample.meta,
-                "frames": np.stack([decode_jpeg(j) for j in sample.jpegs])}
+        return {
+            "key": sample.key,
+            "label": sample.label,
+            "meta": sample.meta,
+            "frames": np.stack([decode_jpeg(j) for j in sample.jpegs]),
+        }
 
 
-def _buffer_shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
+def buffer_shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
     buf = []
     for item in items:
         buf.append(item)

@@ -11,11 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bevt_core.data import jobs, manifest, storage
-from bevt_core.data.decode import (RejectedInput, check_file, decode_image, decode_video, encode_jpeg,
-                                   resize_short_side)
+from bevt_core import storage
+from bevt_core.data import jobs, manifest
+from bevt_core.data.decode import RejectedInput, check_file, decode_image, decode_video, encode_jpeg, resize_short_side
 from bevt_core.data.inputs import InputItem
-from bevt_core.data.shards import Sample, ShardWriter, sample_members, shard_name
+from bevt_core.data.shard_format import Sample, ShardWriter, sample_members, shard_name
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,28 @@ def encode_item(item: InputItem, settings: EncodeSettings) -> tuple[Sample, dict
         video = decode_video(source, settings.frame_interval, settings.max_frames, settings.min_frames)
         frames = resize_short_side(video.frames, settings.short_side)
         jpegs = [encode_jpeg(f, settings.jpeg_quality) for f in frames]
-        info = dict(frames=len(jpegs), frame_indices=video.indices, num_frames=video.num_frames, fps=video.fps,
-                    width=video.width, height=video.height, decoder=video.decoder)
+        info = dict(
+            frames=len(jpegs),
+            frame_indices=video.indices,
+            num_frames=video.num_frames,
+            fps=video.fps,
+            width=video.width,
+            height=video.height,
+            decoder=video.decoder,
+        )
     else:
         image = decode_image(source if isinstance(source, bytes) else Path(source).read_bytes())
         frames = resize_short_side(image, settings.short_side)[None]
         jpegs = [encode_jpeg(frames[0], settings.jpeg_quality)]
-        info = dict(frames=1, frame_indices=[0], num_frames=1, fps=0.0,
-                    width=image.shape[1], height=image.shape[0], decoder="opencv")
+        info = dict(
+            frames=1,
+            frame_indices=[0],
+            num_frames=1,
+            fps=0.0,
+            width=image.shape[1],
+            height=image.shape[0],
+            decoder="opencv",
+        )
     info.update(stored_height=int(frames.shape[1]), stored_width=int(frames.shape[2]))
     meta = dict(source=item.source, label=item.label, **info)
     return Sample(key, item.label, meta, jpegs), info
@@ -107,7 +121,7 @@ def write_shard(task: ShardTask) -> ShardReport:
     """Encode the task's items into ``<prefix>-<index>.tar`` and its part file; skip if done."""
     report = ShardReport(task.index, items=len(task.items))
     name = shard_name(task.prefix, task.index)
-    part = jobs.part_uri(task.output, name[:-len(".tar")])
+    part = jobs.part_uri(task.output, name[: -len(".tar")])
     if storage.exists(part):
         report.skipped = True
         _count(report, manifest.read_table(part).to_pylist())
@@ -130,8 +144,19 @@ def write_shard(task: ShardTask) -> ShardReport:
             finally:
                 report.decode_seconds += time.perf_counter() - start
             offset, nbytes = writer.write(sample.key, sample_members(sample, task.settings.modality == "video"))
-            rows.append(dict(base, **info, key=sample.key, shard=name, offset=offset, bytes=nbytes,
-                             status="ok", reason="", detail=""))
+            rows.append(
+                dict(
+                    base,
+                    **info,
+                    key=sample.key,
+                    shard=name,
+                    offset=offset,
+                    bytes=nbytes,
+                    status="ok",
+                    reason="",
+                    detail="",
+                )
+            )
         writer.close()
         f.keep = any(r["status"] == "ok" for r in rows)
     storage.write_bytes(part, manifest.rows_to_parquet(rows))

@@ -45,7 +45,7 @@ class View:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "View":
+    def from_dict(cls, d: dict) -> View:
         return cls(**{**d, "jitter": tuple((str(op), float(f)) for op, f in d.get("jitter", ()))})
 
 
@@ -84,8 +84,11 @@ def draw_view(aug: Augment, height: int, width: int, color: bool, rng: np.random
     top = int(rng.integers(0, sh - aug.crop)) if sh > aug.crop else 0
     left = int(rng.integers(0, sw - aug.crop)) if sw > aug.crop else 0
     flip = bool(rng.random() < aug.flip)
-    jitter = tuple((op, float(rng.uniform(1 - aug.jitter, 1 + aug.jitter))) for op in aug.jitter_order) \
-        if color and aug.jitter > 0 else ()
+    jitter = (
+        tuple((op, float(rng.uniform(1 - aug.jitter, 1 + aug.jitter))) for op in aug.jitter_order)
+        if color and aug.jitter > 0
+        else ()
+    )
     return View(height, width, sh, sw, top, left, aug.crop, flip, jitter)
 
 
@@ -112,15 +115,16 @@ def _apply_one(frame: np.ndarray, v: View) -> np.ndarray:
     out = cv2.resize(frame, (v.scaled_width, v.scaled_height), interpolation=cv2.INTER_CUBIC)
     if v.jitter:
         out = _jitter(out, v.jitter)
-    out = out[v.top:v.top + v.size, v.left:v.left + v.size]
+    out = out[v.top : v.top + v.size, v.left : v.left + v.size]
     return np.ascontiguousarray(out[:, ::-1] if v.flip else out)
 
 
 def apply_view(frames: np.ndarray, view: View) -> np.ndarray:
     """Replay ``view`` on RGB uint8 ``(H, W, 3)`` or ``(F, H, W, 3)``; crops of the same rank."""
     if frames.shape[-3:-1] != (view.height, view.width):
-        raise ValueError(f"view was drawn for {view.height}x{view.width} frames, got "
-                         f"{frames.shape[-3]}x{frames.shape[-2]}")
+        raise ValueError(
+            f"view was drawn for {view.height}x{view.width} frames, got {frames.shape[-3]}x{frames.shape[-2]}"
+        )
     if frames.ndim == 3:
         return _apply_one(frames, view)
     return np.stack([_apply_one(f, view) for f in frames])

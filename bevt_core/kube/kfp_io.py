@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any
 
-from bevt_core.data import storage
+from bevt_core import storage
 
 WEIGHTS = "weights"  # Model artifact metadata: the weights file, relative to the artifact
 
@@ -25,7 +25,13 @@ def location(artifact: Any, mode: str = "local") -> str:
     if mode == "local":
         return artifact.path
     uri = artifact.uri
-    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
+    return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
+
+
+def tracking(uri: str, parent_run_id: str, run_label: str = "") -> dict[str, str]:
+    """The stage config's ``tracking`` section from a component's parameters. KFP passes them one by one: a
+    mapping of pipeline parameters is left unresolved by most KFP backends (kubeflow/pipelines#12204)."""
+    return {"uri": uri, "parent_run_id": parent_run_id, "run_label": run_label}
 
 
 def weights(model: Any, mode: str = "local") -> str:

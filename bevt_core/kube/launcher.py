@@ -13,6 +13,7 @@ The Kubernetes client is only constructed inside, so importing this needs no clu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,8 +21,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from bevt_core.kube.pytorchjob import to_dict, validate
 
@@ -52,8 +54,10 @@ def _state(job) -> str:
     conditions = [c for c in (status.conditions if status else None) or [] if c.status == "True"]
     state = conditions[-1].type if conditions else "Pending"
     replicas = (status.replica_statuses if status else None) or {}
-    counts = ", ".join(f"{t}: {r.active or 0} active, {r.succeeded or 0} succeeded, {r.failed or 0} failed"
-                       for t, r in sorted(replicas.items()))
+    counts = ", ".join(
+        f"{t}: {r.active or 0} active, {r.succeeded or 0} succeeded, {r.failed or 0} failed"
+        for t, r in sorted(replicas.items())
+    )
     return f"{state}" + (f" ({counts})" if counts else "")
 
 
@@ -70,8 +74,15 @@ def _master_log_tail(client, name: str, namespace: str) -> str:
     return "\n".join("\n".join(text.splitlines()[-LOG_TAIL:]) for text in logs.values())
 
 
-def launch(job, namespace: str, timeout_s: float, poll_s: float = 10.0, keep: bool = False,
-           client_configuration: Any = None, say: Callable[[str], None] = print) -> LaunchResult:
+def launch(
+    job,
+    namespace: str,
+    timeout_s: float,
+    poll_s: float = 10.0,
+    keep: bool = False,
+    client_configuration: Any = None,
+    say: Callable[[str], None] = print,
+) -> LaunchResult:
     """Create ``job`` (a kubeflow-training ``KubeflowOrgV1PyTorchJob``) and wait for its end.
 
     ``namespace`` empty: the launcher pod's own (or the kubeconfig context's), as ``TrainingClient``
@@ -81,7 +92,9 @@ def launch(job, namespace: str, timeout_s: float, poll_s: float = 10.0, keep: bo
 
     validate(to_dict(job))  # refuse locally what the API server or webhook would refuse
     name = job.metadata.name
-    client = TrainingClient(client_configuration=client_configuration, **({"namespace": namespace} if namespace else {}))
+    client = TrainingClient(
+        client_configuration=client_configuration, **({"namespace": namespace} if namespace else {})
+    )
     namespace = client.namespace
     start = time.monotonic()
     result = LaunchResult(name, namespace, 0.0)
@@ -110,11 +123,14 @@ def launch(job, namespace: str, timeout_s: float, poll_s: float = 10.0, keep: bo
                 result.seconds = time.monotonic() - start
                 return result
             if state.startswith("Failed"):
-                raise JobFailed(f"PyTorchJob {namespace}/{name} failed: {_failure_message(current)}\n"
-                                f"master log (last {LOG_TAIL} lines):\n{_master_log_tail(client, name, namespace)}")
+                raise JobFailed(
+                    f"PyTorchJob {namespace}/{name} failed: {_failure_message(current)}\n"
+                    f"master log (last {LOG_TAIL} lines):\n{_master_log_tail(client, name, namespace)}"
+                )
             if time.monotonic() - start > timeout_s:
-                raise JobTimeout(f"PyTorchJob {namespace}/{name} not finished after {timeout_s:.0f} s "
-                                 f"(last state: {state}); deleted")
+                raise JobTimeout(
+                    f"PyTorchJob {namespace}/{name} not finished after {timeout_s:.0f} s (last state: {state}); deleted"
+                )
             time.sleep(poll_s)
     finally:
         if previous is not None:
@@ -149,8 +165,13 @@ def _free_port() -> int:
 def local_env(nproc: int, port: int | None = None) -> dict[str, str]:
     """What the operator would inject for a one-node job, pointed at this machine."""
     port = str(port or _free_port())
-    return {"PET_NNODES": "1", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": str(nproc),
-            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port}
+    return {
+        "PET_NNODES": "1",
+        "PET_NODE_RANK": "0",
+        "PET_NPROC_PER_NODE": str(nproc),
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": port,
+    }
 
 
 def torchrun_command(args: tuple[str, ...]) -> list[str]:
@@ -161,8 +182,11 @@ def torchrun_command(args: tuple[str, ...]) -> list[str]:
 def run_local(args: tuple[str, ...], nproc: int = 1, timeout_s: float | None = None) -> float:
     """Run ``torchrun ARGS`` here with ``nproc`` processes; returns seconds, raises on failure."""
     # A launcher that itself runs under torchrun must not pass its own topology down.
-    inherited = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("PET_", "MASTER_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PET_", "MASTER_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     start = time.monotonic()
     proc = subprocess.Popen(torchrun_command(args), env=inherited | local_env(nproc), start_new_session=True)
     previous = _raise_on_sigterm()
@@ -186,12 +210,8 @@ def _stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the torchrun agent, which stops its ranks (they run in their own process groups,
     out of reach of a group kill), then SIGKILL whatever is left of the agent's group."""
     proc.terminate()
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()

@@ -18,11 +18,11 @@ plain ``torchrun`` on one machine (the local launcher) with the same entrypoint.
 
 from __future__ import annotations
 
-import inspect
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Iterator, Mapping
+from functools import cache
+from typing import Any
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -66,8 +66,12 @@ class Volume:
         if self.claim and self.config_map:
             raise ValueError(f"volume {self.name}: give claim or config_map, not both")
         if self.claim:
-            return k.V1Volume(name=self.name, persistent_volume_claim=k.V1PersistentVolumeClaimVolumeSource(
-                claim_name=self.claim, read_only=self.read_only or None))
+            return k.V1Volume(
+                name=self.name,
+                persistent_volume_claim=k.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=self.claim, read_only=self.read_only or None
+                ),
+            )
         if self.config_map:
             return k.V1Volume(name=self.name, config_map=k.V1ConfigMapVolumeSource(name=self.config_map))
         return k.V1Volume(name=self.name, empty_dir=k.V1EmptyDirVolumeSource())
@@ -147,19 +151,31 @@ def _container(spec: JobSpec):
     from kubernetes import client as k
 
     env = [k.V1EnvVar(name=n, value=v) for n, v in spec.env]
-    env += [k.V1EnvVar(name=s.env, value_from=k.V1EnvVarSource(
-        secret_key_ref=k.V1SecretKeySelector(name=s.secret, key=s.key))) for s in spec.secret_env]
+    env += [
+        k.V1EnvVar(
+            name=s.env, value_from=k.V1EnvVarSource(secret_key_ref=k.V1SecretKeySelector(name=s.secret, key=s.key))
+        )
+        for s in spec.secret_env
+    ]
     mounts = [k.V1VolumeMount(name="dshm", mount_path="/dev/shm")]
-    mounts += [k.V1VolumeMount(name=v.name, mount_path=v.mount_path, read_only=v.read_only or None)
-               for v in spec.volumes]
+    mounts += [
+        k.V1VolumeMount(name=v.name, mount_path=v.mount_path, read_only=v.read_only or None) for v in spec.volumes
+    ]
     env_from = [k.V1EnvFromSource(config_map_ref=k.V1ConfigMapEnvSource(name=spec.env_config_map))]
     return k.V1Container(
-        name=CONTAINER, image=spec.image, command=["torchrun"], args=list(spec.args), env=env or None,
+        name=CONTAINER,
+        image=spec.image,
+        command=["torchrun"],
+        args=list(spec.args),
+        env=env or None,
         env_from=env_from if spec.env_config_map else None,
         ports=[k.V1ContainerPort(name=PORT_NAME, container_port=spec.port, protocol="TCP")],
-        resources=k.V1ResourceRequirements(**spec.resources.requirements()), volume_mounts=mounts,
+        resources=k.V1ResourceRequirements(**spec.resources.requirements()),
+        volume_mounts=mounts,
         security_context=k.V1SecurityContext(
-            allow_privilege_escalation=False, capabilities=k.V1Capabilities(drop=["ALL"])))
+            allow_privilege_escalation=False, capabilities=k.V1Capabilities(drop=["ALL"])
+        ),
+    )
 
 
 def _pod_template(spec: JobSpec, replica_type: str):
@@ -167,17 +183,28 @@ def _pod_template(spec: JobSpec, replica_type: str):
 
     volumes = [k.V1Volume(name="dshm", empty_dir=k.V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.shm_size))]
     volumes += [v.volume() for v in spec.volumes]
-    tolerations = [k.V1Toleration(key=key, operator="Equal" if value else "Exists", value=value or None,
-                                  effect=effect or None) for key, value, effect in spec.tolerations]
+    tolerations = [
+        k.V1Toleration(key=key, operator="Equal" if value else "Exists", value=value or None, effect=effect or None)
+        for key, value, effect in spec.tolerations
+    ]
     labels = dict(spec.labels) | {"app.kubernetes.io/part-of": "bevt", "bevt/replica-type": replica_type.lower()}
     return k.V1PodTemplateSpec(
         metadata=k.V1ObjectMeta(labels=labels),
         spec=k.V1PodSpec(
-            containers=[_container(spec)], volumes=volumes, node_selector=dict(spec.node_selector) or None,
-            tolerations=tolerations or None, service_account_name=spec.service_account or None,
+            containers=[_container(spec)],
+            volumes=volumes,
+            node_selector=dict(spec.node_selector) or None,
+            tolerations=tolerations or None,
+            service_account_name=spec.service_account or None,
             security_context=k.V1PodSecurityContext(
-                run_as_non_root=True, run_as_user=spec.run_as_user, run_as_group=spec.run_as_user,
-                fs_group=spec.run_as_user, seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault"))))
+                run_as_non_root=True,
+                run_as_user=spec.run_as_user,
+                run_as_group=spec.run_as_user,
+                fs_group=spec.run_as_user,
+                seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+        ),
+    )
 
 
 def render(spec: JobSpec):
@@ -185,27 +212,47 @@ def render(spec: JobSpec):
     from kubeflow.training import models as m
     from kubernetes import client as k
 
-    replicas = {MASTER: m.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy=spec.restart_policy,
-                                                   template=_pod_template(spec, MASTER))}
+    replicas = {
+        MASTER: m.KubeflowOrgV1ReplicaSpec(
+            replicas=1, restart_policy=spec.restart_policy, template=_pod_template(spec, MASTER)
+        )
+    }
     if spec.workers:
-        replicas[WORKER] = m.KubeflowOrgV1ReplicaSpec(replicas=spec.workers, restart_policy=spec.restart_policy,
-                                                      template=_pod_template(spec, WORKER))
+        replicas[WORKER] = m.KubeflowOrgV1ReplicaSpec(
+            replicas=spec.workers, restart_policy=spec.restart_policy, template=_pod_template(spec, WORKER)
+        )
     elastic = None
     if spec.elastic is not None:
         e = spec.elastic
         # Rendezvous at the master pod: it always exists, and its Service is what MASTER_ADDR names.
         elastic = m.KubeflowOrgV1ElasticPolicy(
-            min_replicas=e.min_nodes, max_replicas=e.max_nodes, max_restarts=e.max_restarts,
-            rdzv_backend=e.rdzv_backend, rdzv_host=pod_name(spec.name, MASTER, 0), rdzv_port=spec.port)
+            min_replicas=e.min_nodes,
+            max_replicas=e.max_nodes,
+            max_restarts=e.max_restarts,
+            rdzv_backend=e.rdzv_backend,
+            rdzv_host=pod_name(spec.name, MASTER, 0),
+            rdzv_port=spec.port,
+        )
     job = m.KubeflowOrgV1PyTorchJob(
-        api_version=API_VERSION, kind=KIND,
-        metadata=k.V1ObjectMeta(name=spec.name, namespace=spec.namespace or None,
-                                labels=dict(spec.labels) | {"app.kubernetes.io/part-of": "bevt"}),
+        api_version=API_VERSION,
+        kind=KIND,
+        metadata=k.V1ObjectMeta(
+            name=spec.name,
+            namespace=spec.namespace or None,
+            labels=dict(spec.labels) | {"app.kubernetes.io/part-of": "bevt"},
+        ),
         spec=m.KubeflowOrgV1PyTorchJobSpec(
-            pytorch_replica_specs=replicas, nproc_per_node=str(spec.nproc_per_node), elastic_policy=elastic,
+            pytorch_replica_specs=replicas,
+            nproc_per_node=str(spec.nproc_per_node),
+            elastic_policy=elastic,
             run_policy=m.KubeflowOrgV1RunPolicy(
-                backoff_limit=spec.backoff_limit, active_deadline_seconds=spec.active_deadline_s,
-                ttl_seconds_after_finished=spec.ttl_after_finished_s, clean_pod_policy=spec.clean_pod_policy)))
+                backoff_limit=spec.backoff_limit,
+                active_deadline_seconds=spec.active_deadline_s,
+                ttl_seconds_after_finished=spec.ttl_after_finished_s,
+                clean_pod_policy=spec.clean_pod_policy,
+            ),
+        ),
+    )
     validate(to_dict(job))
     return job
 
@@ -223,14 +270,22 @@ def manifest(spec: JobSpec) -> dict[str, Any]:
 
 # --- validation -----------------------------------------------------------------------------------
 
-_PRIMITIVES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float),
-                                            "datetime": (str,), "date": (str,)}
+_PRIMITIVES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "float": (int, float),
+    "datetime": (str,),
+    "date": (str,),
+}
 # Enums the CRD declares that the generated model classes do not encode.
-_ENUMS = {("KubeflowOrgV1ReplicaSpec", "restartPolicy"): RESTART_POLICIES,
-          ("KubeflowOrgV1RunPolicy", "cleanPodPolicy"): CLEAN_POD_POLICIES}
+_ENUMS = {
+    ("KubeflowOrgV1ReplicaSpec", "restartPolicy"): RESTART_POLICIES,
+    ("KubeflowOrgV1RunPolicy", "cleanPodPolicy"): CLEAN_POD_POLICIES,
+}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model(name: str):
     from kubeflow.training import models as m
     from kubernetes import client as k
@@ -241,12 +296,23 @@ def _model(name: str):
     return cls
 
 
-@lru_cache(maxsize=None)
+def _refuses_none(cls: type, attribute: str) -> bool:
+    from kubernetes.client import Configuration
+
+    blank = cls.__new__(cls)  # no __init__: it would run every setter
+    blank.local_vars_configuration = Configuration()  # client_side_validation on
+    try:
+        setattr(blank, attribute, None)
+    except ValueError:
+        return True
+    return False
+
+
+@cache
 def _required(name: str) -> frozenset[str]:
-    """Attributes the generated setter refuses as None: the schema's ``required`` list."""
+    """Attributes the generated model refuses as None (its setter raises): the schema's ``required`` list."""
     cls = _model(name)
-    return frozenset(a for a in cls.openapi_types
-                     if "must not be `None`" in inspect.getsource(getattr(cls, a).fset))
+    return frozenset(a for a in cls.openapi_types if _refuses_none(cls, a))
 
 
 def _schema_problems(value: Any, tp: str, path: str) -> Iterator[str]:
@@ -263,7 +329,7 @@ def _schema_problems(value: Any, tp: str, path: str) -> Iterator[str]:
         if not isinstance(value, dict):
             yield f"{path}: expected a mapping, got {type(value).__name__}"
             return
-        inner = tp[len("dict(str, "):-1]
+        inner = tp[len("dict(str, ") : -1]
         for k, v in value.items():
             yield from _schema_problems(v, inner, f"{path}.{k}")
         return
@@ -305,8 +371,10 @@ def webhook_problems(job: Mapping[str, Any]) -> list[str]:
     problems = []
     name = (job.get("metadata") or {}).get("name") or ""
     if not _DNS1035.match(name) or len(name) > MAX_NAME:
-        problems.append(f"metadata.name: {name!r} must be a DNS-1035 label (lower-case letters, digits, '-', "
-                        f"starting with a letter) of at most {MAX_NAME} characters")
+        problems.append(
+            f"metadata.name: {name!r} must be a DNS-1035 label (lower-case letters, digits, '-', "
+            f"starting with a letter) of at most {MAX_NAME} characters"
+        )
     spec = job.get("spec") or {}
     replicas = spec.get("pytorchReplicaSpecs")
     if not replicas:
@@ -343,6 +411,7 @@ def validate(job: Mapping[str, Any]) -> None:
 
 # --- the operator's environment ---------------------------------------------------------------------
 
+
 def _port(job: Mapping[str, Any], replica_type: str) -> int:
     """The container port named ``pytorchjob-port`` of that replica type (the operator's default 23456)."""
     template = job["spec"]["pytorchReplicaSpecs"][replica_type]["template"]
@@ -360,9 +429,13 @@ def _nproc_int(spec: Mapping[str, Any]) -> int:
     return int(value) if value is not None and str(value).isdigit() else 1
 
 
-def replica_env(job: Mapping[str, Any], replica_type: str, index: int,
-                secrets: Mapping[str, Mapping[str, str]] | None = None,
-                config_maps: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+def replica_env(
+    job: Mapping[str, Any],
+    replica_type: str,
+    index: int,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+    config_maps: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, str]:
     """The environment of replica ``replica_type``/``index``'s ``pytorch`` container, as the
     kubelet and the training operator (v1) build it: ``envFrom`` sources, the container's own env
     (references resolved from ``secrets`` / ``config_maps``: {name: {key: value}}), then what the
@@ -396,15 +469,24 @@ def replica_env(job: Mapping[str, Any], replica_type: str, index: int,
     if MASTER in replicas:
         port = str(_port(job, MASTER))
         rank = index + 1 if replica_type == WORKER else index
-        env |= {"MASTER_PORT": port, "PET_MASTER_PORT": port,
-                "MASTER_ADDR": pod_name(name, MASTER, 0), "PET_MASTER_ADDR": pod_name(name, MASTER, 0),
-                "WORLD_SIZE": str(nnodes * _nproc_int(spec)), "RANK": str(rank), "PET_NODE_RANK": str(rank)}
+        env |= {
+            "MASTER_PORT": port,
+            "PET_MASTER_PORT": port,
+            "MASTER_ADDR": pod_name(name, MASTER, 0),
+            "PET_MASTER_ADDR": pod_name(name, MASTER, 0),
+            "WORLD_SIZE": str(nnodes * _nproc_int(spec)),
+            "RANK": str(rank),
+            "PET_NODE_RANK": str(rank),
+        }
     elastic = spec.get("elasticPolicy")
     if elastic is not None:
         host = elastic.get("rdzvHost") or pod_name(name, WORKER, 0)
         port = elastic.get("rdzvPort") or _port(job, WORKER)
-        env |= {"PET_RDZV_ENDPOINT": f"{host}:{port}", "PET_RDZV_BACKEND": elastic.get("rdzvBackend") or "c10d",
-                "PET_NNODES": f"{elastic.get('minReplicas', nnodes)}:{elastic.get('maxReplicas', nnodes)}"}
+        env |= {
+            "PET_RDZV_ENDPOINT": f"{host}:{port}",
+            "PET_RDZV_BACKEND": elastic.get("rdzvBackend") or "c10d",
+            "PET_NNODES": f"{elastic.get('minReplicas', nnodes)}:{elastic.get('maxReplicas', nnodes)}",
+        }
         if elastic.get("maxRestarts") is not None:
             env["PET_MAX_RESTARTS"] = str(elastic["maxRestarts"])
         if elastic.get("nProcPerNode") is not None:

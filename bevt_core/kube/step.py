@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from bevt_core import images, stages, storage
 from bevt_core.config import from_dict, to_yaml
-from bevt_core.data import storage
-from bevt_core.kube import images, kfp_io, launcher
+from bevt_core.kube import kfp_io, launcher
 from bevt_core.kube.manifests import ENV_CONFIG_MAP, GPU_NODE_SELECTOR, GPU_TOLERATIONS, TRAINER_ACCOUNT, s3_env
 from bevt_core.kube.pytorchjob import Elastic, JobSpec, Resources, entrypoint, render
 
@@ -60,21 +61,30 @@ class Placement:
 
 def job_spec(stage: str, args: tuple[str, ...], p: Placement) -> JobSpec:
     return JobSpec(
-        name=f"bevt-{stage}-{uuid.uuid4().hex[:8]}", image=p.image or images.for_stage(stage), args=args,
-        namespace=p.namespace, workers=p.nodes - 1, nproc_per_node=p.nproc,
+        name=f"bevt-{stage}-{uuid.uuid4().hex[:8]}",
+        image=p.image or images.for_stage(stage),
+        args=args,
+        namespace=p.namespace,
+        workers=p.nodes - 1,
+        nproc_per_node=p.nproc,
         elastic=Elastic(p.elastic_min_nodes, p.nodes) if p.elastic_min_nodes else None,
-        backoff_limit=p.backoff_limit, resources=Resources(cpu=p.cpu, memory=p.memory, gpus=p.gpus_per_node),
-        shm_size=p.shm_size, env=p.extra_env, secret_env=s3_env(), env_config_map=ENV_CONFIG_MAP,
-        service_account=TRAINER_ACCOUNT, node_selector=p.node_selector if p.gpus_per_node else (),
-        tolerations=p.tolerations if p.gpus_per_node else ())
+        backoff_limit=p.backoff_limit,
+        resources=Resources(cpu=p.cpu, memory=p.memory, gpus=p.gpus_per_node),
+        shm_size=p.shm_size,
+        env=p.extra_env,
+        secret_env=s3_env(),
+        env_config_map=ENV_CONFIG_MAP,
+        service_account=TRAINER_ACCOUNT,
+        node_selector=p.node_selector if p.gpus_per_node else (),
+        tolerations=p.tolerations if p.gpus_per_node else (),
+    )
 
 
-def run_stage(stage: str, config: dict[str, Any], placement: Placement,
-              say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_stage(
+    stage: str, config: dict[str, Any], placement: Placement, say: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run training stage ``stage`` (a ``bevt`` command) with ``config``; return its result as a dict."""
-    from bevt_core.cli import COMMANDS
-
-    cls, _ = next(c for c in COMMANDS if c.name == stage).load()
+    cls, _ = stages.command(stage).load()
     cfg = from_dict(cls, config)
     work = cfg.run.work_dir
     config_uri, result_uri = storage.join(work, f"{stage}-config.yaml"), storage.join(work, f"{stage}-result.json")
@@ -98,6 +108,7 @@ class TrainStep:
     max_steps: int
     batch_size: int
     workers: int
+    log_every: int
     tracking_uri: str
     parent_run_id: str
     run_label: str  # the MLflow run is named "STAGE LABEL"
@@ -110,7 +121,7 @@ class TrainStep:
     timeout_s: float
 
     @classmethod
-    def pick(cls, arguments: dict[str, Any]) -> "TrainStep":
+    def pick(cls, arguments: dict[str, Any]) -> TrainStep:
         """From a component's ``locals()``: its parameters of these names."""
         return cls(**{f: arguments[f] for f in cls.__dataclass_fields__})
 
@@ -122,13 +133,29 @@ class TrainStep:
 
     def run(self, stage: str, inputs: dict[str, Any], model: Any, metrics: Any, report: Any) -> None:
         """``inputs``: the stage's data and init fields; the model artifact is its work directory."""
-        result = run_stage(stage, inputs | {
-            "schedule": {"epochs": self.epochs or None, "max_steps": self.max_steps},
-            "run": {"work_dir": self.location(model), "batch_size": self.batch_size or None, "workers": self.workers,
-                    "tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id,
-                    "run_label": self.run_label}},
-            Placement(mode=self.mode, nodes=self.nodes, elastic_min_nodes=self.min_nodes,
-                      gpus_per_node=self.gpus_per_node, procs_per_node=self.procs_per_node,
-                      namespace=self.namespace, image=self.image, timeout_s=self.timeout_s))
+        result = run_stage(
+            stage,
+            inputs
+            | {
+                "schedule": {"epochs": self.epochs or None, "max_steps": self.max_steps},
+                "run": {
+                    "work_dir": self.location(model),
+                    "batch_size": self.batch_size or None,
+                    "workers": self.workers,
+                    "log_every": self.log_every,
+                },
+                "tracking": kfp_io.tracking(self.tracking_uri, self.parent_run_id, self.run_label),
+            },
+            Placement(
+                mode=self.mode,
+                nodes=self.nodes,
+                elastic_min_nodes=self.min_nodes,
+                gpus_per_node=self.gpus_per_node,
+                procs_per_node=self.procs_per_node,
+                namespace=self.namespace,
+                image=self.image,
+                timeout_s=self.timeout_s,
+            ),
+        )
         kfp_io.record_weights(model, result["weights"])
         kfp_io.publish(result, metrics, report, stage)

@@ -1,7 +1,14 @@
 """BEVT models: the Swin3D backbone, the two-stream pretraining model, the video recognizer,
 named presets and checkpoint I/O with the official key names."""
 
-from .checkpoint import inflate_2d_checkpoint, interpolate_bias_table, load_checkpoint, read_state_dict, save_checkpoint
+from .checkpoint import (
+    inflate_2d_checkpoint,
+    interpolate_bias_table,
+    load_checkpoint,
+    read_state_dict,
+    save_checkpoint,
+    save_weights,
+)
 from .presets import PRESETS, build_model, preset_config
 from .pretrain import BEVTBackbone, BEVTPretrainModel, MIMHead, PretrainConfig
 from .recognizer import I3DHead, Recognizer3D, RecognizerConfig
@@ -26,4 +33,5 @@ __all__ = [
     "preset_config",
     "read_state_dict",
     "save_checkpoint",
+    "save_weights",
 ]

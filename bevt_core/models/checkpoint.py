@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bevt_core.data.storage import read_bytes, write_bytes
+from bevt_core.storage import read_bytes, write_bytes
 
 from .swin3d import Triple
 
@@ -88,7 +88,9 @@ def interpolate_bias_table(table: torch.Tensor, src_window: Triple, dst_window: 
     return resized.reshape(num_heads, -1).permute(1, 0).to(table.dtype).contiguous()
 
 
-def inflate_2d_checkpoint(state_dict_2d: Mapping[str, torch.Tensor], window_size: Triple, temporal_patch: int = 2) -> dict[str, torch.Tensor]:
+def inflate_2d_checkpoint(
+    state_dict_2d: Mapping[str, torch.Tensor], window_size: Triple, temporal_patch: int = 2
+) -> dict[str, torch.Tensor]:
     """A 2D Swin state dict as the 3D backbone's, keys relative to ``backbone.`` (spec §1.10, steps 1-6).
 
     The 2D patch embedding becomes both ``patch_embed_2d`` (as is) and ``patch_embed`` (its kernel
@@ -163,7 +165,9 @@ def load_checkpoint(
     """
     model = unwrap_model(model)
     state = {
-        k: v for k, v in read_state_dict(source).items() if not k.startswith(TOKENIZER_PREFIX) and not k.startswith(EMA_PREFIX)
+        k: v
+        for k, v in read_state_dict(source).items()
+        if not k.startswith(TOKENIZER_PREFIX) and not k.startswith(EMA_PREFIX)
     }
     if not any(k.startswith(("backbone.", "cls_head.")) for k in state):
         # A bare backbone, e.g. a 2D image-stream encoder.
@@ -185,7 +189,9 @@ def load_checkpoint(
     for key, table in list(state.items()):
         if key.endswith(TABLE_KEY) and key in target and table.shape != target[key].shape:
             dst_window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
-            state[key] = interpolate_bias_table(table, _source_window(key, table.shape[0], dst_window, declared), dst_window)
+            state[key] = interpolate_bias_table(
+                table, _source_window(key, table.shape[0], dst_window, declared), dst_window
+            )
 
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(INDEX_KEY)]
@@ -215,6 +221,16 @@ def save_checkpoint(model: nn.Module, uri: str | os.PathLike, extra: Mapping[str
         if key in payload:
             raise ValueError(f"extra may not replace {key!r}")
         payload[key] = value
+    _write(payload, uri)
+
+
+def save_weights(state_dict: Mapping[str, torch.Tensor], uri: str, meta: Mapping[str, Any]) -> None:
+    """Atomically write ``{'state_dict', 'meta'}`` (mmcv's layout, loadable with weights_only): an exported
+    model, whose tensors and meta the caller chose (e.g. the 2D view of a pretraining model)."""
+    _write({"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "meta": dict(meta)}, uri)
+
+
+def _write(payload: dict[str, Any], uri: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes(uri, buffer.getvalue())

@@ -21,14 +21,17 @@ SIZES: dict[str, dict[str, Any]] = {
     "l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
 }
 # init_std: see SwinConfig; with the official 0.02 this trunk learns appearance but never motion in a CPU budget.
-TINY = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=(4, 4, 4), drop_path_rate=0.1,
-            init_std=0.1)
+TINY = dict(
+    embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=(4, 4, 4), drop_path_rate=0.1, init_std=0.1
+)
 
 
 def _presets() -> dict[str, PretrainConfig | RecognizerConfig]:
     presets: dict[str, PretrainConfig | RecognizerConfig] = {}
     for size, arch in SIZES.items():
-        presets[f"bevt-swin-{size}"] = PretrainConfig(swin=SwinConfig(**arch, window_size=(8, 7, 7), drop_path_rate=0.3))
+        presets[f"bevt-swin-{size}"] = PretrainConfig(
+            swin=SwinConfig(**arch, window_size=(8, 7, 7), drop_path_rate=0.3)
+        )
         presets[f"k400-swin-{size}"] = RecognizerConfig(
             swin=SwinConfig(**arch, window_size=(8, 7, 7), drop_path_rate=0.3), num_classes=400
         )

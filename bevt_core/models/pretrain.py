@@ -117,7 +117,9 @@ class BEVTPretrainModel(nn.Module):
         """Vocabulary logits for every output token: (B, T*G*G, V) for a clip, (B, G*G, V) for an image."""
         return self.cls_head(self.backbone(x, mask))
 
-    def _masked_loss(self, features: torch.Tensor, masked: torch.Tensor, target_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _masked_loss(
+        self, features: torch.Tensor, masked: torch.Tensor, target_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and accuracy over the masked tokens only, each a mean over those tokens."""
         masked = masked.flatten(1).to(torch.bool)
         # The classifier runs on masked tokens only: same loss, a fraction of the lm_head FLOPs.

@@ -187,14 +187,18 @@ def fused_window_attention(
 class WindowAttention3D(nn.Module):
     """Multi-head self-attention inside (d, h, w) windows with a learned relative-position bias."""
 
-    def __init__(self, dim: int, window_size: Triple, num_heads: int, qkv_bias: bool = True, attn_impl: AttnImpl = "auto"):
+    def __init__(
+        self, dim: int, window_size: Triple, num_heads: int, qkv_bias: bool = True, attn_impl: AttnImpl = "auto"
+    ):
         super().__init__()
         self.window_size = window_size
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.attn_impl = attn_impl
         wd, wh, ww = window_size
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1), num_heads))
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1), num_heads)
+        )
         trunc_normal_(self.relative_position_bias_table, std=0.02)
         # Persistent so that state dicts carry it, as the official checkpoints do.
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=True)
@@ -265,7 +269,9 @@ class SwinBlock3D(nn.Module):
         x = x + self.drop_path(self._window_attention(self.norm1(x), window, shift, mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-    def _window_attention(self, x: torch.Tensor, window: Triple, shift: Triple, mask: torch.Tensor | None) -> torch.Tensor:
+    def _window_attention(
+        self, x: torch.Tensor, window: Triple, shift: Triple, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         batch, D, H, W, _ = x.shape
         padded = pad_to_window((D, H, W), window)
         # Padding comes after norm1 and is not masked out of attention, as in the official code.
@@ -319,11 +325,14 @@ class BasicLayer(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.image_mask_quirk = image_mask_quirk
         self.blocks = nn.ModuleList(
-            SwinBlock3D(dim, num_heads, window_size, mlp_ratio, qkv_bias, drop_paths[i], attn_impl) for i in range(depth)
+            SwinBlock3D(dim, num_heads, window_size, mlp_ratio, qkv_bias, drop_paths[i], attn_impl)
+            for i in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def block_plan(self, grid: Triple, image: bool, device: torch.device) -> list[tuple[Triple, Triple, torch.Tensor | None]]:
+    def block_plan(
+        self, grid: Triple, image: bool, device: torch.device
+    ) -> list[tuple[Triple, Triple, torch.Tensor | None]]:
         """(window, shift, mask) for each block on a (D, H, W) token grid."""
         if image and self.image_mask_quirk:
             # Official image path: fixed 2D windows, and the shift mask in every block, shifted or not.

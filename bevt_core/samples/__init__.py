@@ -21,6 +21,7 @@ System requirements for the first call: ``apt-get`` and ``dpkg`` (Debian/Ubuntu;
 lists must exist - as root ``apt-get update`` is run automatically when a download fails) and
 ``pip`` for ``pip download``; network access to the package registries only.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -35,31 +36,31 @@ from pathlib import Path
 from . import derive as _derive
 from . import fetch as _fetch
 
-__all__ = ["prepare_samples", "SampleData", "VideoTask", "default_cache_dir"]
+__all__ = ["SampleData", "VideoTask", "default_cache_dir", "prepare_samples"]
 
 
 @dataclass(frozen=True)
 class VideoTask:
-    name: str            # "camera-motion" or "scene"
-    root: Path           # directory the list paths are relative to
-    train_list: Path     # K400 format: one "relative/path.mp4 label_index" per line
+    name: str  # "camera-motion" or "scene"
+    root: Path  # directory the list paths are relative to
+    train_list: Path  # K400 format: one "relative/path.mp4 label_index" per line
     val_list: Path
-    classes: list[str]   # index -> class name; also root/classes.txt
-    params: Path         # root/params.json: per-clip source, frame indices, per-frame crop params
+    classes: list[str]  # index -> class name; also root/classes.txt
+    params: Path  # root/params.json: per-clip source, frame indices, per-frame crop params
 
 
 @dataclass(frozen=True)
 class SampleData:
     cache_dir: Path
-    source_videos: list[Path]            # real videos that decord and PyAV both decode
+    source_videos: list[Path]  # real videos that decord and PyAV both decode
     camera_motion: VideoTask
     scene: VideoTask
     images_root: Path
-    images_list: Path                    # "relative/path label" per line (-1: unlabelled photo)
+    images_list: Path  # "relative/path label" per line (-1: unlabelled photo)
     image_classes: list[str]
-    bad_inputs: list[tuple[Path, str]]   # real degenerate files and their kind
-    fallback_videos: list[Path]          # real videos decord cannot decode but PyAV can
-    manifest: Path                       # raw/fetch.json: origins and decoder behaviour per file
+    bad_inputs: list[tuple[Path, str]]  # real degenerate files and their kind
+    fallback_videos: list[Path]  # real videos decord cannot decode but PyAV can
+    manifest: Path  # raw/fetch.json: origins and decoder behaviour per file
 
 
 def default_cache_dir() -> Path:
@@ -89,8 +90,14 @@ def _remove_leftovers(*dirs: Path) -> None:
 def _task(root: Path, name: str) -> VideoTask:
     r = root / name
     classes = (r / "classes.txt").read_text().split("\n")
-    return VideoTask(name=name, root=r, train_list=r / "train.txt", val_list=r / "val.txt",
-                     classes=[c for c in classes if c], params=r / "params.json")
+    return VideoTask(
+        name=name,
+        root=r,
+        train_list=r / "train.txt",
+        val_list=r / "val.txt",
+        classes=[c for c in classes if c],
+        params=r / "params.json",
+    )
 
 
 def prepare_samples(cache_dir: Path | str | None = None, seed: int = 0, profile: str = "demo") -> SampleData:

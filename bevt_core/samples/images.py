@@ -15,6 +15,7 @@ others in resolution, colour and source would be learnt from those nuisances, no
 image stream of BEVT pretraining needs no labels, and the labelled part (Fashion-MNIST) gives a
 real classification signal for linear-probe style checks.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -23,15 +24,25 @@ from pathlib import Path
 import numpy as np
 
 PER_CLASS = 60
-FASHION_CLASSES = ["t_shirt_top", "trouser", "pullover", "dress", "coat",
-                   "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
+FASHION_CLASSES = [
+    "t_shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+]
 
 
 def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -50,6 +61,9 @@ def build_images(images_dir: Path, photos: list[dict], fashion_dir: Path, fashio
             lines.append(f"{rel} {k}")
     (images_dir / "images.txt").write_text("\n".join(lines) + "\n")
     (images_dir / "classes.txt").write_text("\n".join(FASHION_CLASSES) + "\n")
-    return {"list": "images/images.txt", "classes": FASHION_CLASSES, "photos": photos,
-            "fashion_mnist": {"origin": fashion_origin, "per_class": PER_CLASS,
-                              "count": PER_CLASS * len(FASHION_CLASSES)}}
+    return {
+        "list": "images/images.txt",
+        "classes": FASHION_CLASSES,
+        "photos": photos,
+        "fashion_mnist": {"origin": fashion_origin, "per_class": PER_CLASS, "count": PER_CLASS * len(FASHION_CLASSES)},
+    }

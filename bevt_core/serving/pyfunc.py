@@ -24,8 +24,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import bevt_core
+from bevt_core import storage
 from bevt_core.config import ConfigError
-from bevt_core.data import storage
 from bevt_core.serving.predictor import Predictor
 
 TOP_K = 5
@@ -39,8 +39,11 @@ class VideoClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         k = int((params or {}).get("top_k", TOP_K))
         try:
-            rows = [(video, rank, name, p) for video in model_input["video"]
-                    for rank, (name, p) in enumerate(self.predictor.top_k(video, k), 1)]
+            rows = [
+                (video, rank, name, p)
+                for video in model_input["video"]
+                for rank, (name, p) in enumerate(self.predictor.top_k(video, k), 1)
+            ]
         except ConfigError as e:  # a missing or undecodable video: the caller's error (HTTP 400), saying why
             raise MlflowException(str(e), INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -49,9 +52,16 @@ class VideoClassifier(mlflow.pyfunc.PythonModel):
 def signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("string", "video")]),
-        outputs=Schema([ColSpec("string", "video"), ColSpec("long", "rank"), ColSpec("string", "class"),
-                        ColSpec("double", "probability")]),
-        params=ParamSchema([ParamSpec("top_k", "long", TOP_K)]))
+        outputs=Schema(
+            [
+                ColSpec("string", "video"),
+                ColSpec("long", "rank"),
+                ColSpec("string", "class"),
+                ColSpec("double", "probability"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("top_k", "long", TOP_K)]),
+    )
 
 
 def requirements() -> list[str]:
@@ -78,11 +88,15 @@ def register(tracking_uri: str, run_id: str, weights: str, name: str, example_vi
         try:
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
-                    name="model", python_model=str(Path(__file__).with_name("model_code.py")),
+                    name="model",
+                    python_model=str(Path(__file__).with_name("model_code.py")),
                     artifacts={"weights": local},
-                    code_paths=[str(Path(bevt_core.__file__).parent)], signature=signature(),
-                    input_example=pd.DataFrame({"video": [example_video]}), pip_requirements=requirements(),
-                    registered_model_name=name)
+                    code_paths=[str(Path(bevt_core.__file__).parent)],
+                    signature=signature(),
+                    input_example=pd.DataFrame({"video": [example_video]}),
+                    pip_requirements=requirements(),
+                    registered_model_name=name,
+                )
         finally:
             mlflow.set_tracking_uri(previous)
             # set_tracking_uri also exports the URI to the environment (for subprocesses): put it back,

@@ -21,8 +21,7 @@ class PredictConfig:
     model: str = option("", help="Registered model, e.g. models:/bevt-scene/1 (or a runs:/ URI).")
     checkpoint: str = option("", help="Or finetune's recognizer.pt (local or s3://).")
     top_k: int = option(5, help="How many classes to print.", check=at_least(1))
-    tracking_uri: str = option("", help="MLflow tracking / registry server for --model. "
-                               "Default: $MLFLOW_TRACKING_URI.")
+    tracking_uri: str = option("", help="MLflow tracking / registry server for --model. Default: $MLFLOW_TRACKING_URI.")
 
     def check(self) -> str | None:
         if bool(self.model) == bool(self.checkpoint):
@@ -70,6 +69,7 @@ def run(cfg: PredictConfig) -> PredictResult:
     start = time.perf_counter()
     predictor = Predictor.load(cfg.checkpoint) if cfg.checkpoint else load_registered(cfg.model, cfg.tracking_uri)
     top = predictor.top_k(cfg.video, cfg.top_k)
-    spec = predictor.recipe.clip
-    return PredictResult(cfg.video, cfg.model or cfg.checkpoint, spec.test_clips * spec.test_crops, top,
-                         time.perf_counter() - start)
+    spec = predictor.preprocessing.clip
+    return PredictResult(
+        cfg.video, cfg.model or cfg.checkpoint, spec.test_clips * spec.test_crops, top, time.perf_counter() - start
+    )

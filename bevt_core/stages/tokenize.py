@@ -17,70 +17,97 @@ import os
 import re
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from bevt_core import storage
 from bevt_core.config import ConfigError, at_least, between, non_empty, option
-from bevt_core.data import jobs, storage
+from bevt_core.data import jobs
 from bevt_core.data.decode import decode_jpeg
-from bevt_core.data.loader import _read_runs
+from bevt_core.data.loader import read_runs
 from bevt_core.data.manifest import MANIFEST, Manifest, load_manifest, read_table, rows_to_parquet
-from bevt_core.data.shards import ShardWriter
-from bevt_core.data.targets import RECORD, SCHEMA, parse_data, token_members
+from bevt_core.data.shard_format import ShardWriter
+from bevt_core.data.token_format import RECORD, SCHEMA, parse_data, token_members
 from bevt_core.data.views import Augment, View, apply_view, sample_views
 from bevt_core.tokenizers import CODEBOOK_FILE
 from bevt_core.tokenizers.base import CELL, PinMismatch, Tokenizer, grid_size, tokenizer_input
+from bevt_core.tracking import stage_report
+from bevt_core.tracking.config import TrackingConfig
+from bevt_core.tracking.stage_run import stage_run
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass
 class TokenizeConfig:
-    input: str = option(help="Data shard directory written by `bevt shard` (local or s3://); its "
-                        "manifest.parquet says what to tokenize.", check=non_empty)
-    output: str = option(help="Directory or s3://bucket/prefix for the token tars (one per data shard, same "
-                         "name), manifest.parquet, tokenizer.json and the codebook.", check=non_empty)
-    tokenizer: str = option("dalle", help="dalle: the official DALL-E dVAE encoder (needs --weights). "
-                            "codebook: the weight-free k-means patch codebook, fitted on this data unless "
-                            "--codebook is given.", choices=("dalle", "codebook"))
-    weights: str = option("", help="DALL-E encoder.pkl (the official pickle format; local or s3://). Loaded "
-                          "without running code: only the classes a DALL-E encoder is made of are allowed.")
+    input: str = option(
+        help="Data shard directory written by `bevt shard` (local or s3://); its "
+        "manifest.parquet says what to tokenize.",
+        check=non_empty,
+    )
+    output: str = option(
+        help="Directory or s3://bucket/prefix for the token tars (one per data shard, same "
+        "name), manifest.parquet, tokenizer.json and the codebook.",
+        check=non_empty,
+    )
+    tokenizer: str = option(
+        "dalle",
+        help="dalle: the official DALL-E dVAE encoder (needs --weights). "
+        "codebook: the weight-free k-means patch codebook, fitted on this data unless "
+        "--codebook is given.",
+        choices=("dalle", "codebook"),
+    )
+    weights: str = option(
+        "",
+        help="DALL-E encoder.pkl (the official pickle format; local or s3://). Loaded "
+        "without running code: only the classes a DALL-E encoder is made of are allowed.",
+    )
     sha256: str = option("", help="Pin the SHA-256 of --weights (or of --codebook): any other file is refused.")
     codebook: str = option("", help="A fitted codebook.npz to use instead of fitting one (tokenizer codebook).")
-    codebook_size: int = option(1024, help="Codebook entries when fitting (ids are uint16: at most 65536).",
-                                check=between(2, 65536))
-    fit_samples: int = option(256, help="Samples drawn (seeded) from the input to fit the codebook on.",
-                              check=at_least(1))
-    fit_frames: int = option(4, help="Frames per video (evenly spaced, every view) used for fitting.",
-                             check=at_least(1))
-    fit_patches: int = option(65536, help="At most this many patches (seeded subsample) to fit on.",
-                              check=at_least(2))
+    codebook_size: int = option(
+        1024, help="Codebook entries when fitting (ids are uint16: at most 65536).", check=between(2, 65536)
+    )
+    fit_samples: int = option(
+        256, help="Samples drawn (seeded) from the input to fit the codebook on.", check=at_least(1)
+    )
+    fit_frames: int = option(
+        4, help="Frames per video (evenly spaced, every view) used for fitting.", check=at_least(1)
+    )
+    fit_patches: int = option(65536, help="At most this many patches (seeded subsample) to fit on.", check=at_least(2))
     fit_iters: int = option(20, help="k-means iterations after k-means++ seeding.", check=at_least(0))
-    views: int = option(4, help="Augmentation views stored per sample; training picks one at random each time.",
-                        check=between(1, 1024))
-    crop: int = option(224, help="Crop size in pixels (a multiple of 16; the grid is crop/16, the tokenizer "
-                       "input crop/2). The rescale range 256-320 scales with it.", check=at_least(CELL))
-    seed: int = option(0, help="Seed of the views (with each key and view index), the colour-jitter op order "
-                       "and the codebook fit.")
-    precision: str = option("fp32", help="DALL-E conv precision (the output conv stays fp32). fp16 is the "
-                            "official CUDA behaviour and, like bf16, much faster on a GPU; ids can differ between "
-                            "precisions at near-ties.",
-                            choices=("fp32", "bf16", "fp16"))
-    device: str = option("auto", help="Where the tokenizer runs (auto: the GPU when there is one).",
-                         choices=("auto", "cpu", "cuda"))
+    views: int = option(
+        4, help="Augmentation views stored per sample; training picks one at random each time.", check=between(1, 1024)
+    )
+    crop: int = option(
+        224,
+        help="Crop size in pixels (a multiple of 16; the grid is crop/16, the tokenizer "
+        "input crop/2). The rescale range 256-320 scales with it.",
+        check=at_least(CELL),
+    )
+    seed: int = option(
+        0, help="Seed of the views (with each key and view index), the colour-jitter op order and the codebook fit."
+    )
+    precision: str = option(
+        "fp32",
+        help="DALL-E conv precision (the output conv stays fp32). fp16 is the "
+        "official CUDA behaviour and, like bf16, much faster on a GPU; ids can differ between "
+        "precisions at near-ties.",
+        choices=("fp32", "bf16", "fp16"),
+    )
+    device: str = option(
+        "auto", help="Where the tokenizer runs (auto: the GPU when there is one).", choices=("auto", "cpu", "cuda")
+    )
     batch_size: int = option(256, help="Frames per tokenizer call.", check=at_least(1))
-    threads: int = option(0, help="Threads decoding and augmenting samples ahead of the tokenizer "
-                          "(0: one per CPU core).", check=at_least(0))
+    threads: int = option(
+        0,
+        help="Threads decoding and augmenting samples ahead of the tokenizer (0: one per CPU core).",
+        check=at_least(0),
+    )
     progress: bool = option(True, help="Show a progress bar on stderr.")
-    tracking_uri: str = option("auto", help="MLflow tracking URI of this stage's run; auto: $MLFLOW_TRACKING_URI "
-                               "when set, else no run; none: off.")
-    experiment: str = option("bevt", help="MLflow experiment name (a nested run goes in its parent's).")
-    parent_run_id: str = option("", help="MLflow run (a pipeline run) this stage's run is nested under.")
-    run_label: str = option("", help="Added to the MLflow run's name ('tokenize scene'): tells apart the runs of one "
-                            "stage in a pipeline run.")
+    tracking: TrackingConfig = option(TrackingConfig, help="MLflow tracking.")
 
     def check(self) -> str | None:
         if self.crop % CELL:
@@ -115,19 +142,34 @@ class TokenizeResult:
 
     def summary(self) -> str:
         fps = self.frames / max(self.tokenize_seconds, 1e-9)
-        lines = [f"tokenize: {self.samples} samples in {self.shards} token shards -> {self.output}",
-                 f"  tokenizer {self.tokenizer} (vocab {self.vocab_size}, sha256 {self.sha256[:16]}...) on "
-                 f"{self.device}; {self.frames} frames tokenized in {self.seconds:.1f} s "
-                 f"({fps:.0f} frames/s in the tokenizer)"
-                 + (f", {self.resumed_shards} shards reused from an earlier run" if self.resumed_shards else "")]
+        lines = [
+            f"tokenize: {self.samples} samples in {self.shards} token shards -> {self.output}",
+            f"  tokenizer {self.tokenizer} (vocab {self.vocab_size}, sha256 {self.sha256[:16]}...) on "
+            f"{self.device}; {self.frames} frames tokenized in {self.seconds:.1f} s "
+            f"({fps:.0f} frames/s in the tokenizer)"
+            + (f", {self.resumed_shards} shards reused from an earlier run" if self.resumed_shards else ""),
+        ]
         if self.fit_seconds:
             lines.append(f"  codebook fitted in {self.fit_seconds:.1f} s")
         return "\n".join(lines)
 
 
 # What changes the bytes written (not device, batch size, threads or progress).
-_CONTENT_FIELDS = ("input", "tokenizer", "sha256", "codebook", "codebook_size", "fit_samples", "fit_frames",
-                   "fit_patches", "fit_iters", "views", "crop", "seed", "precision")
+_CONTENT_FIELDS = (
+    "input",
+    "tokenizer",
+    "sha256",
+    "codebook",
+    "codebook_size",
+    "fit_samples",
+    "fit_frames",
+    "fit_patches",
+    "fit_iters",
+    "views",
+    "crop",
+    "seed",
+    "precision",
+)
 
 
 @dataclass
@@ -170,7 +212,7 @@ def _tokenized(prepared: Iterable[_Prepared], tok: Tokenizer, per_call: int, clo
         pos = 0
         for p in batch:
             n, v = len(p.crops), len(p.views)
-            mine = ids[pos:pos + n]
+            mine = ids[pos : pos + n]
             pos += n
             yield p, mine.reshape(v, n // v, *mine.shape[1:]) if p.video else mine
         batch.clear()
@@ -247,10 +289,20 @@ def _tokenizer(cfg: TokenizeConfig, data: Manifest, aug: Augment, threads: int) 
 
 
 def _record(cfg: TokenizeConfig, tok: Tokenizer, aug: Augment) -> dict:
-    return {"format": 1, "tokenizer": tok.identity(), "input": cfg.input, "views": cfg.views, "crop": cfg.crop,
-            "grid": grid_size(cfg.crop), "tokenizer_input": cfg.crop // 2, "seed": cfg.seed,
-            "jitter": aug.jitter, "jitter_order": list(aug.jitter_order), "flip": aug.flip,
-            "scales": list(aug.scales)}
+    return {
+        "format": 1,
+        "tokenizer": tok.identity(),
+        "input": cfg.input,
+        "views": cfg.views,
+        "crop": cfg.crop,
+        "grid": grid_size(cfg.crop),
+        "tokenizer_input": cfg.crop // 2,
+        "seed": cfg.seed,
+        "jitter": aug.jitter,
+        "jitter_order": list(aug.jitter_order),
+        "flip": aug.flip,
+        "scales": list(aug.scales),
+    }
 
 
 def _check_record(output: str, record: dict) -> None:
@@ -260,9 +312,11 @@ def _check_record(output: str, record: dict) -> None:
         earlier = json.loads(storage.read_bytes(uri))["tokenizer"]
         if earlier["sha256"] != record["tokenizer"]["sha256"]:
             field = "weights" if record["tokenizer"]["name"] == "dalle" else "codebook"
-            raise ConfigError(f"{field}: {output} holds tokens made with a tokenizer of SHA-256 "
-                              f"{earlier['sha256']}, this one is {record['tokenizer']['sha256']}; "
-                              "use another --output or delete it")
+            raise ConfigError(
+                f"{field}: {output} holds tokens made with a tokenizer of SHA-256 "
+                f"{earlier['sha256']}, this one is {record['tokenizer']['sha256']}; "
+                "use another --output or delete it"
+            )
         return
     storage.write_bytes(uri, json.dumps(record, indent=1, sort_keys=True).encode())
 
@@ -275,13 +329,9 @@ class _Report:
 
 
 def run(cfg: TokenizeConfig) -> TokenizeResult:
-    from bevt_core.reports import stage as report
-    from bevt_core.train import tracking
-
-    with tracking.stage_run("tokenize", cfg, cfg.tracking_uri, None, cfg.experiment, cfg.parent_run_id,
-                            cfg.output, label=cfg.run_label) as tracker:
+    with stage_run("tokenize", cfg, cfg.output) as tracker:
         result = _tokenize(cfg)
-        report.tokenize(tracker, result)
+        stage_report.tokenize(tracker, result)
     return result
 
 
@@ -295,8 +345,9 @@ def _tokenize(cfg: TokenizeConfig) -> TokenizeResult:
         raise ConfigError(f"input: {cfg.input} holds no samples (every input was rejected)")
     digest = hashlib.sha256(storage.read_bytes(storage.join(cfg.input, MANIFEST))).hexdigest()
     storage.make_local_dirs(cfg.output)
-    jobs.check_same_settings(cfg.output, {k: getattr(cfg, k) for k in _CONTENT_FIELDS}
-                             | {"input_manifest_sha256": digest})
+    jobs.check_same_settings(
+        cfg.output, {k: getattr(cfg, k) for k in _CONTENT_FIELDS} | {"input_manifest_sha256": digest}
+    )
     jobs.clean_leftovers(cfg.output)
 
     threads = cfg.threads or os.cpu_count() or 1
@@ -313,12 +364,12 @@ def _tokenize(cfg: TokenizeConfig) -> TokenizeResult:
 
     def tokenize_shard(task: tuple[str, list[int]]) -> _Report:
         name, idx = task
-        part = jobs.part_uri(cfg.output, name[:-len(".tar")])
+        part = jobs.part_uri(cfg.output, name[: -len(".tar")])
         if storage.exists(part):
             return _Report(len(idx), skipped=True)
         rows, report = [], _Report()
         data_rows = [data.rows[i] for i in idx]
-        raw = _read_runs(data, data_rows, parse=bytes)
+        raw = read_runs(data, data_rows, parse=bytes)
         prepared = _ahead(lambda buf: _prepare(buf, aug, cfg.views), raw, threads)
         with jobs.atomic_tar(cfg.output, name) as f:
             writer = ShardWriter(f)
@@ -327,21 +378,48 @@ def _tokenize(cfg: TokenizeConfig) -> TokenizeResult:
                     raise RuntimeError(f"{name}: sample {p.key!r} where the manifest has {data.rows[i]['key']!r}")
                 offset, nbytes = writer.write(p.key, token_members(ids, p.views))
                 frames = ids.shape[1] if p.video else 1
-                rows.append(dict(index=data.rows[i]["index"], key=p.key, shard=name, offset=offset,
-                                 bytes=nbytes, frames=frames, views=cfg.views, grid=ids.shape[-1], video=p.video))
+                rows.append(
+                    dict(
+                        index=data.rows[i]["index"],
+                        key=p.key,
+                        shard=name,
+                        offset=offset,
+                        bytes=nbytes,
+                        frames=frames,
+                        views=cfg.views,
+                        grid=ids.shape[-1],
+                        video=p.video,
+                    )
+                )
                 report.samples += 1
                 report.frames += len(p.crops)
             writer.close()
         storage.write_bytes(part, rows_to_parquet(rows, SCHEMA))
         return report
 
-    reports = jobs.run_parallel(tasks, tokenize_shard, 1, cfg.progress, "tokenize", weight=lambda t: len(t[1]),
-                                postfix=lambda done: {"frames": sum(r.frames for r in done)})
-    rows = [r for name, _ in tasks for r in read_table(jobs.part_uri(cfg.output, name[:-len(".tar")])).to_pylist()]
+    reports = jobs.run_parallel(
+        tasks,
+        tokenize_shard,
+        1,
+        cfg.progress,
+        "tokenize",
+        weight=lambda t: len(t[1]),
+        postfix=lambda done: {"frames": sum(r.frames for r in done)},
+    )
+    rows = [r for name, _ in tasks for r in read_table(jobs.part_uri(cfg.output, name[: -len(".tar")])).to_pylist()]
     rows.sort(key=lambda r: r["index"])
     storage.write_bytes(storage.join(cfg.output, MANIFEST), rows_to_parquet(rows, SCHEMA))
     return TokenizeResult(
-        output=cfg.output, tokenizer=tok.name, sha256=tok.sha256, vocab_size=tok.vocab_size,
-        device=str(tok.device), samples=len(rows), frames=sum(r.frames for r in reports),
-        shards=len(tasks), seconds=time.perf_counter() - start, tokenize_seconds=clock[0],
-        fit_seconds=fit_seconds, resumed_shards=sum(r.skipped for r in reports))
+        output=cfg.output,
+        tokenizer=tok.name,
+        sha256=tok.sha256,
+        vocab_size=tok.vocab_size,
+        device=str(tok.device),
+        samples=len(rows),
+        frames=sum(r.frames for r in reports),
+        shards=len(tasks),
+        seconds=time.perf_counter() - start,
+        tokenize_seconds=clock[0],
+        fit_seconds=fit_seconds,
+        resumed_shards=sum(r.skipped for r in reports),
+    )

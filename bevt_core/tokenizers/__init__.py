@@ -3,7 +3,7 @@ weight-free codebook fitted on the data (:mod:`.codebook`)."""
 
 from __future__ import annotations
 
-from bevt_core.data import storage
+from bevt_core import storage
 
 CODEBOOK_FILE = "codebook.npz"  # a codebook tokenizer's artifact inside a token directory
 
@@ -14,11 +14,17 @@ def open_tokenizer(record: dict, root: str, device: str = "auto", batch_size: in
     if ident["name"] == "dalle":
         from bevt_core.tokenizers.dalle import DalleTokenizer
 
-        return DalleTokenizer.load(ident["weights"], ident["sha256"], precision=precision or ident["precision"],
-                                   device=device, batch_size=batch_size)
+        return DalleTokenizer.load(
+            ident["weights"],
+            ident["sha256"],
+            precision=precision or ident["precision"],
+            device=device,
+            batch_size=batch_size,
+        )
     if ident["name"] == "codebook":
         from bevt_core.tokenizers.codebook import CodebookTokenizer
 
-        return CodebookTokenizer.load(storage.join(root, CODEBOOK_FILE), ident["sha256"], device=device,
-                                      batch_size=batch_size)
+        return CodebookTokenizer.load(
+            storage.join(root, CODEBOOK_FILE), ident["sha256"], device=device, batch_size=batch_size
+        )
     raise ValueError(f"unknown tokenizer {ident['name']!r} in {root}")

@@ -84,7 +84,7 @@ class Tokenizer(ABC):
         g = grid_size(crops.shape[1])
         out = np.empty((len(crops), g, g), np.uint16)
         for i in range(0, len(crops), self.batch_size):
-            out[i:i + self.batch_size] = self.encode(tokenizer_input(crops[i:i + self.batch_size]))
+            out[i : i + self.batch_size] = self.encode(tokenizer_input(crops[i : i + self.batch_size]))
         return out
 
     @abstractmethod

@@ -33,7 +33,7 @@ import zipfile
 import numpy as np
 import torch
 
-from bevt_core.data import storage
+from bevt_core import storage
 from bevt_core.tokenizers.base import Tokenizer, pick_device, pinned_digest
 
 PATCH = 8  # tokenizer-input pixels per grid cell (16 crop pixels at half size)
@@ -59,7 +59,7 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> tuple[torc
     step = max(1, (1 << 22) // len(c))  # rows per chunk: the distance block stays ~32 MB
     idx, best = [], []
     for i in range(0, len(x), step):
-        xi = x[i:i + step]
+        xi = x[i : i + step]
         d = (xi * xi).sum(1, keepdim=True) - 2 * (xi @ c.T) + c_sq
         b, j = d.min(dim=1)
         idx.append(j)
@@ -90,12 +90,12 @@ class CodebookTokenizer(Tokenizer):
     def patches(self) -> np.ndarray:
         """``(K, 8, 8, 3)`` uint8: the tokenizer-input patch each id stands for (its structure plus
         its mean colour), so ids can be drawn back as pixels."""
-        structure = self.centroids[:, :PATCH * PATCH * 3].reshape(-1, PATCH, PATCH, 3)
-        mean = self.centroids[:, PATCH * PATCH * 3:] / COLOUR_WEIGHT
+        structure = self.centroids[:, : PATCH * PATCH * 3].reshape(-1, PATCH, PATCH, 3)
+        mean = self.centroids[:, PATCH * PATCH * 3 :] / COLOUR_WEIGHT
         return np.clip(structure + mean[:, None, None, :], 0, 255).round().astype(np.uint8)
 
     @classmethod
-    def load(cls, uri: str, sha256: str = "", **kwargs) -> "CodebookTokenizer":
+    def load(cls, uri: str, sha256: str = "", **kwargs) -> CodebookTokenizer:
         data = storage.read_bytes(uri)
         digest = pinned_digest(uri, data, sha256)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
@@ -104,7 +104,7 @@ class CodebookTokenizer(Tokenizer):
             return cls(z["centroids"], digest, **kwargs)
 
     @classmethod
-    def from_centroids(cls, centroids: np.ndarray, **kwargs) -> "CodebookTokenizer":
+    def from_centroids(cls, centroids: np.ndarray, **kwargs) -> CodebookTokenizer:
         return cls(centroids, hashlib.sha256(codebook_bytes(centroids)).hexdigest(), **kwargs)
 
 
@@ -115,16 +115,20 @@ def codebook_bytes(centroids: np.ndarray) -> bytes:
         for name, arr in (("format", np.array(FORMAT, np.int32)), ("centroids", centroids.astype(np.int32))):
             member = io.BytesIO()
             np.lib.format.write_array(member, arr, allow_pickle=False)
-            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue(),
-                       compress_type=zipfile.ZIP_DEFLATED)
+            z.writestr(
+                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                member.getvalue(),
+                compress_type=zipfile.ZIP_DEFLATED,
+            )
     return buf.getvalue()
 
 
 def fit_codebook(features: np.ndarray, size: int, iters: int, seed: int, device: str = "auto") -> np.ndarray:
     """k-means++ then ``iters`` Lloyd steps over ``(P, 195)`` integer features; ``(size, 195)`` int32."""
     if len(features) < size:
-        raise ValueError(f"{len(features)} patches cannot fit a codebook of {size}: sample more data "
-                         "or choose a smaller codebook")
+        raise ValueError(
+            f"{len(features)} patches cannot fit a codebook of {size}: sample more data or choose a smaller codebook"
+        )
     dev = pick_device(device)
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(features.astype(np.float64)).to(dev)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bevt_core.data import storage
+from bevt_core import storage
 from bevt_core.tokenizers.base import Tokenizer, pinned_digest
 
 LOGIT_LAPLACE_EPS = 0.1  # dall_e.utils.logit_laplace_eps: map_pixels squeezes [0,1] into [0.1,0.9]
@@ -42,8 +42,16 @@ def allowed_classes() -> list:
     import dall_e.encoder
     import dall_e.utils
 
-    return [dall_e.encoder.Encoder, dall_e.encoder.EncoderBlock, dall_e.utils.Conv2d, nn.Sequential,
-            nn.Identity, nn.ReLU, nn.MaxPool2d, OrderedDict]
+    return [
+        dall_e.encoder.Encoder,
+        dall_e.encoder.EncoderBlock,
+        dall_e.utils.Conv2d,
+        nn.Sequential,
+        nn.Identity,
+        nn.ReLU,
+        nn.MaxPool2d,
+        OrderedDict,
+    ]
 
 
 def load_encoder(uri: str, sha256: str = "") -> tuple[nn.Module, str]:
@@ -58,12 +66,15 @@ def load_encoder(uri: str, sha256: str = "") -> tuple[nn.Module, str]:
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found:
-            raise WeightsError(f"{uri} references {found.group(1)}, which is not on the allow-list of classes a "
-                               "DALL-E encoder is made of; refusing to load it") from None
+            raise WeightsError(
+                f"{uri} references {found.group(1)}, which is not on the allow-list of classes a "
+                "DALL-E encoder is made of; refusing to load it"
+            ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
         why = detail.group(1).strip() if detail else type(e).__name__
-        raise WeightsError(f"{uri} cannot be loaded without running code from it ({why}); refusing to load it") \
-            from None
+        raise WeightsError(
+            f"{uri} cannot be loaded without running code from it ({why}); refusing to load it"
+        ) from None
     import dall_e.encoder
 
     if not isinstance(module, dall_e.encoder.Encoder):
@@ -119,8 +130,15 @@ def map_pixels(x: torch.Tensor) -> torch.Tensor:
 class DalleTokenizer(Tokenizer):
     name = "dalle"
 
-    def __init__(self, encoder: nn.Module, sha256: str, uri: str = "", precision: str = "fp32",
-                 device: str = "auto", batch_size: int = 256):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        sha256: str,
+        uri: str = "",
+        precision: str = "fp32",
+        device: str = "auto",
+        batch_size: int = 256,
+    ):
         super().__init__(encoder.vocab_size, sha256, batch_size, device)
         self.uri, self.precision = uri, precision
         net = DalleEncoder(encoder).requires_grad_(False).eval()
@@ -128,7 +146,7 @@ class DalleTokenizer(Tokenizer):
         self.net = net.to(self.device, memory_format=torch.channels_last)
 
     @classmethod
-    def load(cls, uri: str, sha256: str = "", **kwargs) -> "DalleTokenizer":
+    def load(cls, uri: str, sha256: str = "", **kwargs) -> DalleTokenizer:
         encoder, digest = load_encoder(uri, sha256)
         return cls(encoder, digest, uri, **kwargs)
 

@@ -50,8 +50,9 @@ def from_env(timeout_s: float) -> Dist:
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world} but {var} is not set: launch with torchrun or a PyTorchJob")
-        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s)
+        )
     return Dist(rank, world, local_rank, device)
 
 
@@ -86,9 +87,13 @@ class Watchdog:
         while not self._stop.wait(min(1.0, self.timeout_s / 10)):
             idle = time.monotonic() - self._last
             if idle > self.timeout_s:
-                print(f"bevt: rank {self.rank}: no {self.what} completed for {idle:.0f} s (timeout {self.timeout_s:.0f} s): "
-                      "a peer rank died or hangs, or a collective is stuck; exiting so the whole job stops",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"bevt: rank {self.rank}: no {self.what} completed for {idle:.0f} s "
+                    f"(timeout {self.timeout_s:.0f} s): "
+                    "a peer rank died or hangs, or a collective is stuck; exiting so the whole job stops",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os._exit(EXIT_PEER_LOST)
 
 

@@ -3,6 +3,10 @@
 A stage describes what to train as a :class:`Task` (model, parameter groups, batches, a loss
 function); :func:`train` owns everything else: DDP, autocast, accumulation, clipping, the lr
 schedule, EMA, checkpoints and resume, the non-finite stop, the hang watchdog and logging.
+
+It reads in three levels, as torchtitan's trainer does: :meth:`Trainer.train` walks the schedule
+(log, checkpoint, stop), :meth:`Trainer.train_step` is one optimizer step over its micro-batches,
+and :meth:`Trainer.forward_backward` is one micro-batch.
 """
 
 from __future__ import annotations
@@ -11,25 +15,28 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psutil
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bevt_core.train.distributed import EXIT_PEER_LOST, Dist, Watchdog, all_reduce_mean
 from bevt_core.train.optim import Schedule, adamw
 from bevt_core.train.options import OptimConfig, RunConfig, ScheduleConfig
+from bevt_core.train.progress import Progress
 from bevt_core.train.state import CheckpointStore, Position, load_state
-from bevt_core.train.tracking import Tracker
 
 # Dense bf16 peak TFLOP/s of GPUs we know, for MFU when --run.peak-tflops is not given.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+LogMetrics = Callable[[dict[str, float], int], None]
 
 
 @dataclass
@@ -46,7 +53,6 @@ class Task:
     loss: Callable[[nn.Module, Any], dict[str, torch.Tensor]]
     find_unused_parameters: bool = False
     ema_decay: float = 0.0  # per optimizer step; 0 = no EMA
-    ema: Any = None  # set by train(): the timm ModelEmaV3 when ema_decay
 
 
 @dataclass
@@ -62,21 +68,12 @@ class TrainResult:
     peak_memory_gb: float = 0.0
     stopped: str = ""  # why the run stopped early (non-finite loss); the checkpoint is the last good one
     resumed_from: str = ""
+    ema_model: nn.Module | None = None  # the weight average, when the task keeps one
 
     def mean(self, key: str, first: bool, n: int = 3) -> float:
         values = [h[key] for h in self.history if key in h]
         part = values[:n] if first else values[-n:]
         return sum(part) / len(part) if part else float("nan")
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -89,184 +86,271 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _peak_flops(run: RunConfig, device: torch.device) -> float:
+def known_peak_tflops(gpu_name: str) -> float:
+    """Dense bf16 peak of a GPU we know by its name (0: unknown)."""
+    return next((tflops for gpu, tflops in PEAK_TFLOPS.items() if gpu in gpu_name), 0.0)
+
+
+def peak_flops(run: RunConfig, device: torch.device) -> float:
     if run.peak_tflops:
         return run.peak_tflops * 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for gpu, tflops in PEAK_TFLOPS.items():
-            if gpu in name:
-                return tflops * 1e12
+        return known_peak_tflops(torch.cuda.get_device_name(device)) * 1e12
     return 0.0
 
 
-def _memory_gb(device: torch.device) -> float:
+def memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return psutil.Process().memory_info().rss / 2**30
 
 
-def _count_train_flops(task: Task, model: nn.Module, batch: Any) -> float:
-    """Forward FLOPs of one micro-batch, x3 for forward + backward; the RNG stream is left untouched."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        task.loss(model, batch)
-    return 3.0 * counter.get_total_flops()
+class Trainer:
+    """The live state of one training run (model, optimizer, position, ...) and the loop over it."""
+
+    def __init__(
+        self,
+        task: Task,
+        run: RunConfig,
+        optim: OptimConfig,
+        sched: ScheduleConfig,
+        env: Dist,
+        log_metrics: LogMetrics,
+        config: dict,
+        say: Callable[[str], None],
+    ):
+        self.task, self.run, self.sched, self.env = task, run, sched, env
+        self.log_metrics, self.config, self.say = log_metrics, config, say
+        self.device = env.device
+        self.model = task.model.to(self.device)
+        per_epoch = task.micro_steps_per_epoch
+        self.total_micro = max(1, round(sched.epochs * per_epoch))
+        self.schedule = Schedule(
+            optim.lr, self.total_micro, round(sched.warmup_epochs * per_epoch), per_epoch, sched.cosine_by_epoch
+        )
+        self.optimizer = adamw(task.param_groups, optim.lr, optim.betas, optim.eps)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
+        self.ema = None
+        if task.ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=task.ema_decay)
+        self.store = CheckpointStore(run.work_dir, run.keep_last)
+        self.params = [p for g in task.param_groups for p in g["params"]]
+        self.clip = optim.clip_grad if optim.clip_grad else math.inf
+        self.peak = peak_flops(run, self.device)
+        self.flops_per_micro: float | None = None
+        self.position, history, self.resumed_from = self._resume()
+        self.last_saved = self.position.step if self.resumed_from else -1
+        self.result = TrainResult(0, 0, 0, 0.0, self.resumed_from, resumed_from=self.resumed_from, history=history)
+        self.net = self._wrap(self.model)
+        self.window_start, self.window_samples = time.perf_counter(), 0
+
+    def _resume(self) -> tuple[Position, list[dict], str]:
+        resume = {"auto": self.store.latest(), "never": None}.get(self.run.resume, self.run.resume)
+        if not resume:
+            return Position(), [], ""
+        position, history = load_state(
+            resume, self.model, self.optimizer, self.scaler, self.ema.module if self.ema is not None else None
+        )
+        self.say(
+            f"resumed from {resume} at step {position.step} (epoch {position.epoch}, "
+            f"micro-batch {position.epoch_micro}, {position.samples} samples consumed)"
+        )
+        return position, history, resume
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        net = model
+        if self.env.world > 1:
+            net = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.task.find_unused_parameters,
+                broadcast_buffers=False,
+            )
+        return torch.compile(net) if self.run.compile else net
+
+    @property
+    def total_steps(self) -> int:
+        steps = math.ceil(self.total_micro / self.run.accum_steps)
+        return min(steps, self.sched.max_steps) if self.sched.max_steps else steps
+
+    def finished(self) -> bool:
+        return self.position.micro >= self.total_micro or bool(
+            self.sched.max_steps and self.position.step >= self.sched.max_steps
+        )
+
+    def micro_batches(self) -> Iterator[Any]:
+        """This rank's micro-batches from the current position to the end of the schedule, across epochs."""
+        while self.position.micro < self.total_micro:
+            epoch = self.position.epoch
+            empty = True
+            for batch in self.task.batches(epoch, self.position.epoch_micro):
+                empty = False
+                yield batch
+            if empty:
+                raise RuntimeError(f"the task yields no micro-batch for epoch {epoch}")
+
+    def forward_backward(self, batch: Any, sync: bool) -> dict[str, torch.Tensor]:
+        """One micro-batch: loss under autocast, backward of loss / accum_steps (gradients sync across ranks
+        only on the step's last micro-batch)."""
+        no_sync = self.env.world > 1 and not sync
+        with self.net.no_sync() if no_sync else nullcontext():
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
+                out = self.task.loss(self.net, batch)
+            loss = out["loss"].float() / self.run.accum_steps
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        return out
+
+    def train_step(self, batches: Iterator[Any], watchdog: Watchdog) -> tuple[dict[str, float], bool]:
+        """One optimizer step over its micro-batches; returns the rank-averaged metrics and whether they
+        are finite (when not, the gradients are dropped and the weights stay as they were)."""
+        accum = self.run.accum_steps
+        micro_steps = min(accum, self.total_micro - self.position.micro)
+        sums: dict[str, torch.Tensor] = {}
+        lr = 0.0
+        for i in range(micro_steps):
+            batch = next(batches)
+            watchdog.beat()
+            batch = to_device(batch, self.device)
+            if self.flops_per_micro is None:
+                self.flops_per_micro = self._count_train_flops(batch)
+            lr = self.schedule.apply(self.optimizer, self.position.micro)
+            out = self.forward_backward(batch, sync=i == micro_steps - 1)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+            samples = self.task.samples_per_micro * self.env.world
+            self.position.advance(self.task.micro_steps_per_epoch, samples)
+            self.window_samples += samples
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        keys = sorted(sums)
+        stats = all_reduce_mean(torch.stack([sums[k] for k in keys] + [grad_norm.float()]))
+        logged = dict(zip(keys, stats[:-1].tolist())) | {"grad_norm": stats[-1].item(), "lr": lr}
+        finite = math.isfinite(logged["loss"]) and (self.scaler is not None or math.isfinite(logged["grad_norm"]))
+        if finite:
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite:
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.position.step += 1
+        return logged, finite
+
+    def _count_train_flops(self, batch: Any) -> float:
+        """Forward FLOPs of one micro-batch, x3 for forward + backward; the RNG stream is left untouched."""
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            self.task.loss(self.model, batch)
+        return 3.0 * counter.get_total_flops()
+
+    def _log(self, logged: dict[str, float]) -> dict[str, float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        rate = self.window_samples / max(now - self.window_start, 1e-9)
+        per_epoch = self.task.micro_steps_per_epoch
+        logged |= {
+            "samples_per_s": rate,
+            "epoch": self.position.epoch + self.position.epoch_micro / per_epoch,
+            "memory_gb": memory_gb(self.device),
+        }
+        if self.peak and self.flops_per_micro:
+            logged["mfu"] = rate / self.task.samples_per_micro * self.flops_per_micro / self.env.world / self.peak
+        self.window_start, self.window_samples = now, 0
+        self.result.history.append({"step": self.position.step} | logged)
+        self.log_metrics(logged, self.position.step)
+        return logged
+
+    def _checkpoint_due(self) -> bool:
+        every = self.run.checkpoint_every
+        epoch_end = self.position.epoch_micro == 0 and every == 0
+        return bool(every and self.position.step % every == 0) or epoch_end or self.finished()
+
+    def save(self) -> None:
+        """Rank 0 writes; every rank waits so nobody runs ahead of (or deletes under) the writer."""
+        self.result.checkpoint = self.store.path(self.position.step)
+        if self.env.main:
+            self.store.save(
+                self.model,
+                self.optimizer,
+                self.position,
+                self.scaler,
+                self.ema.module if self.ema is not None else None,
+                self.config,
+                self.result.history,
+            )
+        if self.env.world > 1:
+            dist.barrier()
+        self.last_saved = self.position.step
+
+    def _stop(self, logged: dict[str, float]) -> None:
+        self.result.stopped = (
+            f"non-finite loss {logged['loss']} / grad norm {logged['grad_norm']} at step "
+            f"{self.position.step + 1}; stopped without saving, the last good checkpoint is "
+            f"{self.store.latest() or '(none yet)'}"
+        )
+        self.say(f"ERROR: {self.result.stopped}")
+        self.result.checkpoint = self.store.latest() or ""
+
+    def train(self) -> TrainResult:
+        start = time.perf_counter()
+        batches = self.micro_batches()
+        progress = Progress(self.total_steps, self.position.step, self.say, enabled=self.env.main)
+        with Watchdog(self.run.timeout_s, self.env.rank) as watchdog, progress:
+            while not self.finished():
+                logged, finite = self.train_step(batches, watchdog)
+                if not finite:
+                    self._stop(logged)
+                    break
+                due = self.position.step % self.run.log_every == 0 or self.finished()
+                progress.update(self.position.step, self._log(logged) if due else None)
+                if self._checkpoint_due():
+                    self.save()
+            if not self.result.stopped and self.last_saved != self.position.step:
+                self.save()
+        return self._summary(time.perf_counter() - start)
+
+    def _summary(self, seconds: float) -> TrainResult:
+        r = self.result
+        r.steps, r.micro_steps, r.samples = self.position.step, self.position.micro, self.position.samples
+        r.seconds = seconds
+        rates = [h["samples_per_s"] for h in r.history[1:]] or [h["samples_per_s"] for h in r.history]
+        r.samples_per_s = sum(rates) / len(rates) if rates else 0.0
+        mfus = [h["mfu"] for h in r.history[1:] if "mfu" in h]
+        r.mfu = sum(mfus) / len(mfus) if mfus else None
+        r.peak_memory_gb = memory_gb(self.device)
+        r.ema_model = self.ema.module if self.ema is not None else None
+        return r
 
 
-def _is_comm_error(e: BaseException) -> bool:
-    return isinstance(e, dist.DistError) or any(
-        w in str(e) for w in ("gloo", "Gloo", "NCCL", "Connection", "connection", "peer", "Timed out", "timed out"))
-
-
-def train(task: Task, run: RunConfig, optim: OptimConfig, sched: ScheduleConfig, env: Dist,
-          tracker: Tracker, config: dict, say: Callable[[str], None] = print) -> TrainResult:
+def train(
+    task: Task,
+    run: RunConfig,
+    optim: OptimConfig,
+    sched: ScheduleConfig,
+    env: Dist,
+    log_metrics: LogMetrics,
+    config: dict,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
     try:
-        return _train(task, run, optim, sched, env, tracker, config, say)
-    except (RuntimeError, dist.DistError) as e:
-        if env.world > 1 and _is_comm_error(e):
-            print(f"bevt: rank {env.rank}: distributed communication failed; a peer rank probably died "
-                  f"or hangs: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr, flush=True)
+        return Trainer(task, run, optim, sched, env, log_metrics, config, say).train()
+    except dist.DistError as e:
+        if env.world > 1:
+            print(
+                f"bevt: rank {env.rank}: distributed communication failed; a peer rank probably died "
+                f"or hangs: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(EXIT_PEER_LOST)  # a dead peer can hang a clean shutdown of the process group
         raise
-
-
-def _train(task: Task, run: RunConfig, optim: OptimConfig, sched: ScheduleConfig, env: Dist,
-           tracker: Tracker, config: dict, say: Callable[[str], None]) -> TrainResult:
-    device = env.device
-    model = task.model.to(device)
-    accum = run.accum_steps
-    per_epoch = task.micro_steps_per_epoch
-    total = max(1, round(sched.epochs * per_epoch))
-    schedule = Schedule(optim.lr, total, round(sched.warmup_epochs * per_epoch), per_epoch, sched.cosine_by_epoch)
-    optimizer = adamw(task.param_groups, optim.lr, optim.betas, optim.eps)
-    cuda = device.type == "cuda"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision) if cuda else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
-    ema = None
-    if task.ema_decay:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=task.ema_decay)
-    store = CheckpointStore(run.work_dir, run.keep_last)
-
-    resume = {"auto": store.latest(), "never": None}.get(run.resume, run.resume)
-    position, history = Position(), []
-    if resume:
-        position, history = load_state(resume, model, optimizer, scaler, ema.module if ema is not None else None)
-        say(f"resumed from {resume} at step {position.step} (epoch {position.epoch}, "
-            f"micro-batch {position.epoch_micro}, {position.samples} samples consumed)")
-
-    net: nn.Module = model
-    if env.world > 1:
-        net = DDP(model, device_ids=[device.index] if cuda else None,
-                  find_unused_parameters=task.find_unused_parameters, broadcast_buffers=False)
-    if run.compile:
-        net = torch.compile(net)
-    params = [p for g in task.param_groups for p in g["params"]]
-    clip = optim.clip_grad if optim.clip_grad else math.inf
-    peak = _peak_flops(run, device)
-    flops_per_micro: float | None = None
-
-    result = TrainResult(0, 0, 0, 0.0, resume or "", resumed_from=resume or "", history=history)
-    sums: dict[str, torch.Tensor] = {}
-    window_start, window_samples = time.perf_counter(), 0
-    start_time = time.perf_counter()
-    last_saved = position.step if resume else -1
-    done = lambda: position.micro >= total or (sched.max_steps and position.step >= sched.max_steps)  # noqa: E731
-
-    with Watchdog(run.timeout_s, env.rank) as watchdog:
-        while not done():
-            for batch in task.batches(position.epoch, position.epoch_micro):
-                watchdog.beat()
-                batch = to_device(batch, device)
-                if flops_per_micro is None:
-                    flops_per_micro = _count_train_flops(task, model, batch)
-                lr = schedule.apply(optimizer, position.micro)
-                boundary = (position.micro + 1) % accum == 0 or position.micro + 1 == total
-                sync = nullcontext() if boundary or env.world == 1 else net.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        out = task.loss(net, batch)
-                    loss = out["loss"].float() / accum
-                    (scaler.scale(loss) if scaler else loss).backward()
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
-                position.micro += 1
-                position.epoch_micro += 1
-                position.samples += task.samples_per_micro * env.world
-                window_samples += task.samples_per_micro * env.world
-                if position.epoch_micro == per_epoch:
-                    position.epoch, position.epoch_micro = position.epoch + 1, 0
-                if not boundary:
-                    continue
-
-                if scaler:
-                    scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                keys = sorted(sums)
-                stats = all_reduce_mean(torch.stack([sums[k] for k in keys] + [grad_norm.float()]))
-                logged = dict(zip(keys, stats[:-1].tolist())) | {"grad_norm": stats[-1].item(), "lr": lr}
-                sums = {}
-                if not math.isfinite(logged["loss"]) or (scaler is None and not math.isfinite(logged["grad_norm"])):
-                    optimizer.zero_grad(set_to_none=True)
-                    result.stopped = (f"non-finite loss {logged['loss']} / grad norm {logged['grad_norm']} at step "
-                                      f"{position.step + 1}; stopped without saving, the last good checkpoint is "
-                                      f"{store.latest() or '(none yet)'}")
-                    say(f"ERROR: {result.stopped}")
-                    tracker.mark_failed(result.stopped)  # the MLflow run ends FAILED, its outputs unrecorded
-                    result.checkpoint = store.latest() or ""
-                    break
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
-                position.step += 1
-
-                if position.step % run.log_every == 0 or done():
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    now = time.perf_counter()
-                    rate = window_samples / max(now - window_start, 1e-9)
-                    logged |= {"samples_per_s": rate, "epoch": position.epoch + position.epoch_micro / per_epoch,
-                               "memory_gb": _memory_gb(device)}
-                    if peak and flops_per_micro:
-                        logged["mfu"] = rate / task.samples_per_micro * flops_per_micro / env.world / peak
-                    window_start, window_samples = now, 0
-                    result.history.append({"step": position.step} | logged)
-                    tracker.metrics(logged, position.step)
-                    say(f"step {position.step} " + " ".join(
-                        f"{k} {v:.4g}" for k, v in logged.items() if k not in ("epoch",)))
-                epoch_end = position.epoch_micro == 0 and run.checkpoint_every == 0
-                if (run.checkpoint_every and position.step % run.checkpoint_every == 0) or epoch_end or done():
-                    result.checkpoint = _save(store, model, optimizer, position, scaler, ema, config, env, result.history)
-                    last_saved = position.step
-                if done():
-                    break
-            if result.stopped:
-                break
-        if not result.stopped and last_saved != position.step:
-            result.checkpoint = _save(store, model, optimizer, position, scaler, ema, config, env, result.history)
-
-    result.steps, result.micro_steps, result.samples = position.step, position.micro, position.samples
-    result.seconds = time.perf_counter() - start_time
-    rates = [h["samples_per_s"] for h in result.history[1:]] or [h["samples_per_s"] for h in result.history]
-    result.samples_per_s = sum(rates) / len(rates) if rates else 0.0
-    mfus = [h["mfu"] for h in result.history[1:] if "mfu" in h]
-    result.mfu = sum(mfus) / len(mfus) if mfus else None
-    result.peak_memory_gb = _memory_gb(device)
-    task.ema = ema  # for the stage to export
-    return result
-
-
-def _save(store: CheckpointStore, model, optimizer, position, scaler, ema, config, env: Dist, history: list[dict]) -> str:
-    """Rank 0 writes; every rank waits so nobody runs ahead of (or deletes under) the writer."""
-    uri = store.path(position.step)
-    if env.main:
-        store.save(model, optimizer, position, scaler, ema.module if ema is not None else None, config, history)
-    if env.world > 1:
-        dist.barrier()
-    return uri

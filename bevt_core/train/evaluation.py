@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from bevt_core.data import storage
+from bevt_core import storage
 
 
 @dataclass
@@ -35,13 +35,20 @@ def metrics(probs: torch.Tensor, labels: torch.Tensor) -> Metrics:
     totals = confusion.sum(1)
     per_class = [(confusion[c, c] / totals[c]).item() if totals[c] else None for c in range(num_classes)]
     present = [a for a in per_class if a is not None]
-    return Metrics(len(labels), (pred == labels).float().mean().item(),
-                   (topk == labels[:, None]).any(1).float().mean().item(),
-                   sum(present) / len(present), per_class, confusion.tolist())
+    return Metrics(
+        len(labels),
+        (pred == labels).float().mean().item(),
+        (topk == labels[:, None]).any(1).float().mean().item(),
+        sum(present) / len(present),
+        per_class,
+        confusion.tolist(),
+    )
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches, device: torch.device, max_views: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, batches, device: torch.device, max_views: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities, labels) over batches of {'views': (B,V,3,T,H,W), 'label': (B,)}."""
     was_training = model.training
     model.eval()

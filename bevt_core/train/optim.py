@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-NO_DECAY = {"relative_position_bias_table": {"decay_mult": 0.0}, "absolute_pos_embed": {"decay_mult": 0.0},
-            "norm": {"decay_mult": 0.0}}
+NO_DECAY = {
+    "relative_position_bias_table": {"decay_mult": 0.0},
+    "absolute_pos_embed": {"decay_mult": 0.0},
+    "norm": {"decay_mult": 0.0},
+}
 
 
 def pretrain_keys() -> dict[str, dict[str, float]]:
@@ -54,8 +57,7 @@ def match_key(name: str, keys: dict[str, dict[str, float]]) -> str | None:
     return None
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float,
-                 keys: dict[str, dict[str, float]]) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, keys: dict[str, dict[str, float]]) -> list[dict]:
     """One group per trainable parameter (as mmcv builds them), merged when options agree."""
     merged: dict[tuple[float, float], dict] = {}
     for name, p in model.named_parameters():
@@ -63,9 +65,16 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
             continue
         opts = keys.get(match_key(name, keys) or "", {})
         lr_mult, decay_mult = opts.get("lr_mult", 1.0), opts.get("decay_mult", 1.0)
-        group = merged.setdefault((lr_mult, decay_mult), {
-            "params": [], "names": [], "lr": lr * lr_mult, "lr_mult": lr_mult,
-            "weight_decay": weight_decay * decay_mult})
+        group = merged.setdefault(
+            (lr_mult, decay_mult),
+            {
+                "params": [],
+                "names": [],
+                "lr": lr * lr_mult,
+                "lr_mult": lr_mult,
+                "weight_decay": weight_decay * decay_mult,
+            },
+        )
         group["params"].append(p)
         group["names"].append(name)
     return list(merged.values())

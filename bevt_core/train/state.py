@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bevt_core.data import storage
+from bevt_core import storage
 from bevt_core.models.checkpoint import save_checkpoint, unwrap_model
 
 INDEX = "latest.json"
@@ -41,12 +41,33 @@ class Position:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def advance(self, micro_steps_per_epoch: int, samples: int) -> None:
+        """One micro-batch of ``samples`` (all ranks) consumed."""
+        self.micro += 1
+        self.epoch_micro += 1
+        self.samples += samples
+        if self.epoch_micro == micro_steps_per_epoch:
+            self.epoch, self.epoch_micro = self.epoch + 1, 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -78,27 +99,44 @@ class CheckpointStore:
     def path(self, step: int) -> str:
         return storage.join(self.dir, f"state-{step:08d}.pt")
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, position: Position,
-             scaler: torch.amp.GradScaler | None, ema: nn.Module | None, config: dict,
-             history: Sequence[dict] = ()) -> str:
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        position: Position,
+        scaler: torch.amp.GradScaler | None,
+        ema: nn.Module | None,
+        config: dict,
+        history: Sequence[dict] = (),
+    ) -> str:
         name = self.path(position.step).rsplit("/", 1)[-1]
-        extra = {"optimizer": optimizer.state_dict(), "position": position.to_dict(), "rng": rng_state(),
-                 "config": json.dumps(config, default=str), "history": json.dumps(list(history))}
+        extra = {
+            "optimizer": optimizer.state_dict(),
+            "position": position.to_dict(),
+            "rng": rng_state(),
+            "config": json.dumps(config, default=str),
+            "history": json.dumps(list(history)),
+        }
         if scaler is not None:
             extra["scaler"] = scaler.state_dict()
         if ema is not None:
             extra["ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
         save_checkpoint(model, self.path(position.step), extra=extra)
         kept = [n for n in self.kept() if n != name] + [name]
-        dropped, kept = kept[:-self.keep_last], kept[-self.keep_last:]
+        dropped, kept = kept[: -self.keep_last], kept[-self.keep_last :]
         storage.write_bytes(storage.join(self.dir, INDEX), json.dumps({"checkpoints": kept}).encode())
         for old in dropped:
             storage.delete(storage.join(self.dir, old))
         return self.path(position.step)
 
 
-def load_state(uri: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None, ema: nn.Module | None) -> tuple[Position, list[dict]]:
+def load_state(
+    uri: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    ema: nn.Module | None,
+) -> tuple[Position, list[dict]]:
     """Restore a state file into the live objects (and the process RNGs); returns the position and
     the metrics logged up to it."""
     payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)

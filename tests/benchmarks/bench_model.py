@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,14 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bevt_core.masking import BlockMaskGenerator, TubeMaskGenerator  # noqa: E402
-from bevt_core.models import build_model  # noqa: E402
-from bevt_core.models.swin3d import WindowAttention3D, clip_window, compute_shift_mask  # noqa: E402
+from bevt_core.masking import BlockMaskGenerator, TubeMaskGenerator
+from bevt_core.models import build_model
+from bevt_core.models.swin3d import WindowAttention3D, clip_window, compute_shift_mask
+from bevt_core.train.engine import known_peak_tflops
+from tests.benchmarks.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, SXM
 
 
 @dataclass(frozen=True)
@@ -214,21 +211,9 @@ def run_variant(workload: Workload, variant: Variant, device: torch.device, step
         "warmup_s": round(warmup_s, 2),
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
     }
-    del runnable, model
     if variant.compiled:
         torch._dynamo.reset()
     return result
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
-def peak_tflops(name: str) -> float | None:
-    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -244,7 +229,14 @@ def ratios(rows: list[dict]) -> list[dict]:
         ):
             if other in index:
                 speedup = index[other]["step_min_s"] / row["step_min_s"]
-                comparisons.append({"workload": workload, "comparison": what, "at": Variant(impl, compiled, dtype).label, "speedup": round(speedup, 2)})
+                comparisons.append(
+                    {
+                        "workload": workload,
+                        "comparison": what,
+                        "at": Variant(impl, compiled, dtype).label,
+                        "speedup": round(speedup, 2),
+                    }
+                )
     return comparisons
 
 
@@ -258,19 +250,30 @@ def write_markdown(report: dict, path: Path) -> None:
         "",
     ]
     lines += [f"> {note}" for note in report["notes"]] + [""]
-    lines += ["| workload | attention | mode | dtype | step median (s) | best (s) | clips/s | images/s | TFLOP/s | MFU | peak mem (GiB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| workload | attention | mode | dtype | step median (s) | best (s) | clips/s | images/s | TFLOP/s | MFU "
+        "| peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
+        variant = f"| {r['workload']} | {r['attn_impl']} | {'compiled' if r['compiled'] else 'eager'} | {r['dtype']} |"
         if "error" in r:
-            lines.append(f"| {r['workload']} | {r['attn_impl']} | {'compiled' if r['compiled'] else 'eager'} | {r['dtype']} | {r['error']} | | | | | | |")
+            lines.append(f"{variant} {r['error']} | | | | | | |")
             continue
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         memory = r["peak_memory_gb"] if r["peak_memory_gb"] is not None else "-"
         images = f"{r['images_per_s']:.2f}" if r["images_per_s"] else "-"
         lines.append(
-            f"| {r['workload']} | {r['attn_impl']} | {'compiled' if r['compiled'] else 'eager'} | {r['dtype']} | {r['step_s']:.3f} | {r['step_min_s']:.3f} | "
+            f"{variant} {r['step_s']:.3f} | {r['step_min_s']:.3f} | "
             f"{r['clips_per_s']:.2f} | {images} | {r['tflops']:.3f} | {mfu} | {memory} |"
         )
-    lines += ["", "Speed-ups are ratios of best steps.", "", "| workload | comparison | at | speed-up |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Speed-ups are ratios of best steps.",
+        "",
+        "| workload | comparison | at | speed-up |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {c['workload']} | {c['comparison']} | {c['at']} | {c['speedup']}x |" for c in report["ratios"]]
     path.write_text("\n".join(lines) + "\n")
 
@@ -286,8 +289,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     steps = args.steps or (5 if args.quick else 10)
-    name = device_name(device)
-    peak = peak_tflops(name) if device.type == "cuda" else None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    name = describe(gpu)
+    peak = known_peak_tflops(gpu) or None
     chosen = [w for w in workloads(args.quick) if w.name in args.workloads.split(",")]
 
     rows, forward_gflop = [], {}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -32,21 +31,11 @@ from dall_e.encoder import Encoder
 from bevt_core.tokenizers.base import tokenizer_input
 from bevt_core.tokenizers.codebook import FEATURES, CodebookTokenizer
 from bevt_core.tokenizers.dalle import DalleTokenizer
+from tests.benchmarks.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_FPS = 5000
 CROP = 224
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return f"GPU: {torch.cuda.get_device_name()} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
 def timed(fn, repeats: int) -> float:
@@ -74,19 +63,35 @@ def bench_tokenizers(encoder_path: str, batch: int, cb_batch: int, repeats: int,
     out = []
     for precision in precisions:
         tok = DalleTokenizer.load(encoder_path, precision=precision, batch_size=batch)
-        enc = timed(lambda: tok.encode(small), repeats)
-        full = timed(lambda: tok.tokenize(x), repeats)
-        out.append({"tokenizer": "dalle", "precision": precision, "input_px": CROP // 2, "batch": batch,
-                    "encoder_frames_per_s": round(batch / enc, 1), "tokenize_frames_per_s": round(batch / full, 1)})
+        enc = timed(lambda tok=tok: tok.encode(small), repeats)
+        full = timed(lambda tok=tok: tok.tokenize(x), repeats)
+        out.append(
+            {
+                "tokenizer": "dalle",
+                "precision": precision,
+                "input_px": CROP // 2,
+                "batch": batch,
+                "encoder_frames_per_s": round(batch / enc, 1),
+                "tokenize_frames_per_s": round(batch / full, 1),
+            }
+        )
     centroids = np.random.default_rng(0).integers(-255, 511, (1024, FEATURES)).astype(np.int32)
     cb = CodebookTokenizer.from_centroids(centroids, batch_size=cb_batch)
     x = crops(cb_batch)
     small = tokenizer_input(x)
     enc = timed(lambda: cb.encode(small), repeats)
     full = timed(lambda: cb.tokenize(x), repeats)
-    out.append({"tokenizer": "codebook", "precision": "exact (float64 on integers)", "input_px": CROP // 2,
-                "batch": cb_batch, "codes": 1024, "encoder_frames_per_s": round(cb_batch / enc, 1),
-                "tokenize_frames_per_s": round(cb_batch / full, 1)})
+    out.append(
+        {
+            "tokenizer": "codebook",
+            "precision": "exact (float64 on integers)",
+            "input_px": CROP // 2,
+            "batch": cb_batch,
+            "codes": 1024,
+            "encoder_frames_per_s": round(cb_batch / enc, 1),
+            "tokenize_frames_per_s": round(cb_batch / full, 1),
+        }
+    )
     return out
 
 
@@ -106,52 +111,83 @@ def bench_step(encoder_path: str, clips: int, clip_len: int, images: int, repeat
     stored_image = [rng.integers(0, 8192, (views, g, g)).astype(np.uint16) for _ in range(images)]
 
     def stored():
-        vids = [torch.from_numpy(s[rng.integers(views), (rng.integers(stored_frames) + np.arange(clip_len)) %
-                                   stored_frames].astype(np.int64)) for s in stored_video]
+        vids = [
+            torch.from_numpy(
+                s[rng.integers(views), (rng.integers(stored_frames) + np.arange(clip_len)) % stored_frames].astype(
+                    np.int64
+                )
+            )
+            for s in stored_video
+        ]
         imgs = [torch.from_numpy(s[rng.integers(views)].astype(np.int64)) for s in stored_image]
         return torch.stack(vids).to(tok.device), torch.stack(imgs).to(tok.device)
 
     t_online, t_stored = timed(online, repeats), timed(stored, repeats)
-    return {"clips": clips, "clip_len": clip_len, "images": images, "frames": clips * clip_len + images,
-            "precision": precision, "online_ms": round(t_online * 1e3, 2), "stored_ms": round(t_stored * 1e3, 3),
-            "saved_ms_per_step": round((t_online - t_stored) * 1e3, 2),
-            "online_over_stored": round(t_online / t_stored, 1)}
+    return {
+        "clips": clips,
+        "clip_len": clip_len,
+        "images": images,
+        "frames": clips * clip_len + images,
+        "precision": precision,
+        "online_ms": round(t_online * 1e3, 2),
+        "stored_ms": round(t_stored * 1e3, 3),
+        "saved_ms_per_step": round((t_online - t_stored) * 1e3, 2),
+        "online_over_stored": round(t_online / t_stored, 1),
+    }
 
 
 def write_results(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "tokenize.json").write_text(json.dumps(result, indent=1) + "\n")
     gpu = torch.cuda.is_available()
-    lines = ["# Tokenize benchmark", "", f"Measured {result['date']} on {result['device']} (git {result['git']}); "
-             f"command: `{result['command']}`; 1-minute load average at the end {result['load_average_1min']} "
-             "(other work on a shared machine slows every number).", "",
-             "Tokenizer throughput (random weights; 224 crops, 112 px tokenizer input). *encoder*: the model on "
-             "already resized inputs; *tokenize*: the whole call including the Lanczos resize on the CPU.", "",
-             "| tokenizer | precision | batch | encoder frames/s | tokenize frames/s | target | met |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Tokenize benchmark",
+        "",
+        f"Measured {result['date']} on {result['device']} (git {result['git']}); "
+        f"command: `{result['command']}`; 1-minute load average at the end {result['load_average_1min']} "
+        "(other work on a shared machine slows every number).",
+        "",
+        "Tokenizer throughput (random weights; 224 crops, 112 px tokenizer input). *encoder*: the model on "
+        "already resized inputs; *tokenize*: the whole call including the Lanczos resize on the CPU.",
+        "",
+        "| tokenizer | precision | batch | encoder frames/s | tokenize frames/s | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["tokenizers"]:
         target = f">= {TARGET_FPS} (H100, encoder)" if r["tokenizer"] == "dalle" and gpu else "n/a"
         met = ("yes" if r["encoder_frames_per_s"] >= TARGET_FPS else "no") if target != "n/a" else "n/a"
-        lines.append(f"| {r['tokenizer']} | {r['precision']} | {r['batch']} | {r['encoder_frames_per_s']} | "
-                     f"{r['tokenize_frames_per_s']} | {target} | {met} |")
+        lines.append(
+            f"| {r['tokenizer']} | {r['precision']} | {r['batch']} | {r['encoder_frames_per_s']} | "
+            f"{r['tokenize_frames_per_s']} | {target} | {met} |"
+        )
     s = result["step"]
-    lines += ["", f"Targets of one micro-batch ({s['clips']} clips x {s['clip_len']} frames + {s['images']} images "
-              f"= {s['frames']} frames, DALL-E {s['precision']}):", "",
-              "| online (tokenize in the step) | stored (slice precomputed ids) | saved per step | ratio |",
-              "|---|---|---|---|",
-              f"| {s['online_ms']} ms | {s['stored_ms']} ms | {s['saved_ms_per_step']} ms | "
-              f"{s['online_over_stored']}x |"]
+    lines += [
+        "",
+        f"Targets of one micro-batch ({s['clips']} clips x {s['clip_len']} frames + {s['images']} images "
+        f"= {s['frames']} frames, DALL-E {s['precision']}):",
+        "",
+        "| online (tokenize in the step) | stored (slice precomputed ids) | saved per step | ratio |",
+        "|---|---|---|---|",
+        f"| {s['online_ms']} ms | {s['stored_ms']} ms | {s['saved_ms_per_step']} ms | {s['online_over_stored']}x |",
+    ]
     if not gpu:
-        lines += ["", "No GPU on this machine: the 5,000 frames/s target is for an H100 and is not assessed here. "
-                  "Run this script on a GPU machine to fill it in."]
+        lines += [
+            "",
+            "No GPU on this machine: the 5,000 frames/s target is for an H100 and is not assessed here. "
+            "Run this script on a GPU machine to fill it in.",
+        ]
     (RESULTS / "tokenize.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small batches and a scaled-down step (CPU)")
-    parser.add_argument("--batch", type=int, default=0,
-                        help="frames per tokenizer call (default 256; quick: 8 for DALL-E, 64 for the codebook)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="frames per tokenizer call (default 256; quick: 8 for DALL-E, 64 for the codebook)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
@@ -173,9 +209,18 @@ def main() -> None:
         work.rmdir()
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     command = "python tests/benchmarks/bench_tokenize.py" + (" --quick" if args.quick else "")
-    write_results({"date": time.strftime("%Y-%m-%d"), "device": device_name(), "git": git or "uncommitted",
-                   "command": command, "quick": args.quick, "load_average_1min": round(os.getloadavg()[0], 2),
-                   "tokenizers": tokenizers, "step": step_result})
+    write_results(
+        {
+            "date": time.strftime("%Y-%m-%d"),
+            "device": describe(torch.cuda.get_device_name() if torch.cuda.is_available() else ""),
+            "git": git or "uncommitted",
+            "command": command,
+            "quick": args.quick,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "tokenizers": tokenizers,
+            "step": step_result,
+        }
+    )
     print((RESULTS / "tokenize.md").read_text())
 
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,14 +32,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bevt_core.masking import BlockMaskGenerator, TubeMaskGenerator  # noqa: E402
-from bevt_core.models import build_model  # noqa: E402
-from bevt_core.tokenizers.dalle import DalleTokenizer  # noqa: E402
-from bevt_core.train.engine import PEAK_TFLOPS  # noqa: E402
-from bevt_core.train.optim import adamw, param_groups, pretrain_keys  # noqa: E402
-from bevt_core.train.pretrain_data import online_ids  # noqa: E402
+from bevt_core.loading.pretrain import online_ids
+from bevt_core.masking import BlockMaskGenerator, TubeMaskGenerator
+from bevt_core.models import build_model
+from bevt_core.tokenizers.dalle import DalleTokenizer
+from bevt_core.train.engine import known_peak_tflops
+from bevt_core.train.optim import adamw, param_groups, pretrain_keys
+from tests.benchmarks.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -93,12 +90,21 @@ def batch(s: dict, device: torch.device, rng: np.random.Generator):
         "mask": torch.from_numpy(np.stack([block(rng) for _ in range(s["images"])])).to(device),
         "ids_v": torch.randint(0, s["vocab"], (s["clips"], t, g, g), device=device),
         "ids_i": torch.randint(0, s["vocab"], (s["images"], g, g), device=device),
-        "crops_v": crops_v, "crops_i": crops_i,
+        "crops_v": crops_v,
+        "crops_i": crops_i,
     }
 
 
-def measure(s: dict, device: torch.device, attention: str, targets: str, dtype: str, steps: int, warmup: int,
-            tok: DalleTokenizer | None) -> Row:
+def measure(
+    s: dict,
+    device: torch.device,
+    attention: str,
+    targets: str,
+    dtype: str,
+    steps: int,
+    warmup: int,
+    tok: DalleTokenizer | None,
+) -> Row:
     torch.manual_seed(0)
     model = build_model(s["preset"], vocab_size=s["vocab"], attn_impl=attention).to(device)
     opt = adamw(param_groups(model, 5e-4, 0.05, pretrain_keys()), 5e-4, (0.9, 0.999), 1e-8)
@@ -111,7 +117,9 @@ def measure(s: dict, device: torch.device, attention: str, targets: str, dtype: 
         ids_v = ids(b["crops_v"]) if ids else b["ids_v"]
         ids_i = ids(b["crops_i"]) if ids else b["ids_i"]
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out = model.loss(video=(b["clip"], b["in_mask"], b["out_mask"], ids_v), image=(b["image"], b["mask"], ids_i))
+            out = model.loss(
+                video=(b["clip"], b["in_mask"], b["out_mask"], ids_v), image=(b["image"], b["mask"], ids_i)
+            )
         (scaler.scale(out["loss"]) if scaler else out["loss"]).backward()
         if scaler:
             scaler.step(opt)
@@ -121,7 +129,9 @@ def measure(s: dict, device: torch.device, attention: str, targets: str, dtype: 
         opt.zero_grad(set_to_none=True)
 
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model.loss(video=(b["clip"], b["in_mask"], b["out_mask"], b["ids_v"]), image=(b["image"], b["mask"], b["ids_i"]))
+        model.loss(
+            video=(b["clip"], b["in_mask"], b["out_mask"], b["ids_v"]), image=(b["image"], b["mask"], b["ids_i"])
+        )
     model_flops = 3.0 * fc.get_total_flops()
     times = []
     if device.type == "cuda":
@@ -138,14 +148,23 @@ def measure(s: dict, device: torch.device, attention: str, targets: str, dtype: 
     med, best = statistics.median(times), min(times)
     peak = 0.0
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
+        peak = known_peak_tflops(torch.cuda.get_device_name(device)) * 1e12
     label = {("reference", "online", "fp16"): "official-style", ("sdpa", "stored", "bf16"): "ours"}.get(
-        (attention, targets, dtype), "")
-    return Row(label, attention, targets, dtype, med, best, s["clips"] / med, s["images"] / med,
-               model_flops / med / 1e12 if device.type == "cuda" else None,
-               model_flops / med / peak if peak else None,
-               torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+        (attention, targets, dtype), ""
+    )
+    return Row(
+        label,
+        attention,
+        targets,
+        dtype,
+        med,
+        best,
+        s["clips"] / med,
+        s["images"] / med,
+        model_flops / med / 1e12 if device.type == "cuda" else None,
+        model_flops / med / peak if peak else None,
+        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    )
 
 
 def main() -> None:
@@ -171,38 +190,60 @@ def main() -> None:
 
 def write(rows: list[Row], s: dict, device: torch.device, steps: int) -> None:
     gpu = device.type == "cuda"
-    name = torch.cuda.get_device_name(device) if gpu else (platform.processor() or platform.machine())
+    name = describe(torch.cuda.get_device_name(device) if gpu else "")
     by = {(r.attention, r.targets, r.dtype): r for r in rows}
     base_dtype = rows[0].dtype
     ratios = {
         "stored_vs_online (reference attention)": by[("reference", "online", base_dtype)].step_best_s
         / by[("reference", "stored", base_dtype)].step_best_s,
-        "stored_vs_online (sdpa)": by[("sdpa", "online", base_dtype)].step_best_s / by[("sdpa", "stored", base_dtype)].step_best_s,
+        "stored_vs_online (sdpa)": by[("sdpa", "online", base_dtype)].step_best_s
+        / by[("sdpa", "stored", base_dtype)].step_best_s,
         "sdpa_vs_reference (stored targets)": by[("reference", "stored", base_dtype)].step_best_s
         / by[("sdpa", "stored", base_dtype)].step_best_s,
     }
     if gpu:
-        ratios["ours_vs_official_style"] = by[("reference", "online", "fp16")].step_best_s / by[("sdpa", "stored", "bf16")].step_best_s
-    meta = {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "setup": s, "timed_steps": steps,
-            "note": "" if gpu else "CPU run with the tiny model and a reduced DALL-E encoder: only ratios mean "
-                                   "anything; the Swin-B numbers and MFU need a GPU run of this script."}
+        ratios["ours_vs_official_style"] = (
+            by[("reference", "online", "fp16")].step_best_s / by[("sdpa", "stored", "bf16")].step_best_s
+        )
+    meta = {
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "setup": s,
+        "timed_steps": steps,
+        "note": ""
+        if gpu
+        else "CPU run with the tiny model and a reduced DALL-E encoder: only ratios mean "
+        "anything; the Swin-B numbers and MFU need a GPU run of this script.",
+    }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows],
-                                                    "speedups": ratios}, indent=1) + "\n")
+    (RESULTS / "train.json").write_text(
+        json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "speedups": ratios}, indent=1) + "\n"
+    )
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    lines = ["# Training benchmark: joint pretraining step", "",
-             f"- device: {name} ({meta['threads']} threads)", f"- torch {torch.__version__}, measured {meta['measured']}",
-             f"- model {s['preset']}: {s['clips']} clips of {s['frames']}x{s['size']} + {s['images']} images of "
-             f"{s['size']} per step; DALL-E encoder n_hid {s['n_hid']}, vocab {s['vocab']} (random weights)", ""]
+    lines = [
+        "# Training benchmark: joint pretraining step",
+        "",
+        f"- device: {name} ({meta['threads']} threads)",
+        f"- torch {torch.__version__}, measured {meta['measured']}",
+        f"- model {s['preset']}: {s['clips']} clips of {s['frames']}x{s['size']} + {s['images']} images of "
+        f"{s['size']} per step; DALL-E encoder n_hid {s['n_hid']}, vocab {s['vocab']} (random weights)",
+        "",
+    ]
     if meta["note"]:
         lines += [f"> {meta['note']}", ""]
-    lines += ["| row | attention | targets | dtype | step median (s) | best (s) | clips/s | images/s | model TFLOP/s | MFU | peak mem (GiB) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| row | attention | targets | dtype | step median (s) | best (s) | clips/s | images/s | model TFLOP/s | MFU "
+        "| peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.label} | {r.attention} | {r.targets} | {r.dtype} | {r.step_median_s:.3f} | {r.step_best_s:.3f} | "
-                     f"{r.clips_per_s:.2f} | {r.images_per_s:.2f} | {fmt(r.model_tflops, '.1f')} | "
-                     f"{fmt(r.mfu, '.1%')} | {fmt(r.peak_mem_gib, '.1f')} |")
+        lines.append(
+            f"| {r.label} | {r.attention} | {r.targets} | {r.dtype} | {r.step_median_s:.3f} | {r.step_best_s:.3f} | "
+            f"{r.clips_per_s:.2f} | {r.images_per_s:.2f} | {fmt(r.model_tflops, '.1f')} | "
+            f"{fmt(r.mfu, '.1%')} | {fmt(r.peak_mem_gib, '.1f')} |"
+        )
     lines += ["", "Speed-ups (ratios of best step times):", ""] + [f"- {k}: {v:.2f}x" for k, v in ratios.items()]
     (RESULTS / "train.md").write_text("\n".join(lines) + "\n")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bevt_core.kube import images as img
+from bevt_core import images as img
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE = str(REPO / "docker" / "engine.sh")
@@ -30,8 +30,9 @@ def engine(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
     """``docker/engine.sh ARGS``: docker or podman with the project's container settings."""
     proc = subprocess.run([ENGINE, *args], capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"engine {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"engine {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -48,9 +49,14 @@ def images(tmp_path_factory) -> Images:
     start = time.monotonic()
     with open(log, "w") as out:
         # images.py is read with this interpreter (the venv's), as the components and manifests read it.
-        proc = subprocess.run(["bash", str(REPO / "docker" / "build.sh")], cwd=REPO, stdout=out,
-                              stderr=subprocess.STDOUT, env=dict(os.environ, PYTHON=sys.executable),
-                              timeout=BUILD_TIMEOUT_S)
+        proc = subprocess.run(
+            ["bash", str(REPO / "docker" / "build.sh")],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHON=sys.executable),
+            timeout=BUILD_TIMEOUT_S,
+        )
     if proc.returncode != 0:
         pytest.fail(f"docker/build.sh exited {proc.returncode}; the end of {log}:\n{log.read_text()[-5000:]}")
     return Images({kind: img.image(kind) for kind in img.NAMES}, time.monotonic() - start)

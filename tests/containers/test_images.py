@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bevt_core.kube import images as img
+from bevt_core import images as img
 from bevt_core.kube import pytorchjob as pj
 from bevt_core.stages.shard import ShardConfig
 from bevt_core.stages.shard import run as shard
@@ -72,8 +72,15 @@ def test_images_are_non_root_labelled_and_pinned_by_the_lock(images: Images):
         labels = config["Labels"]
         assert labels["org.opencontainers.image.version"] == img.tag(), kind
         assert labels["org.opencontainers.image.revision"].removesuffix("-dirty") == revision, kind
-        out = engine("run", "--rm", "--entrypoint", "sh", ref, "-c",
-                     "id -u && cat /opt/bevt/lock.txt && python /opt/bevt/check_lock.py /opt/bevt/lock.txt").stdout
+        out = engine(
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            ref,
+            "-c",
+            "id -u && cat /opt/bevt/lock.txt && python /opt/bevt/check_lock.py /opt/bevt/lock.txt",
+        ).stdout
         uid, _, rest = out.partition("\n")
         assert uid == "1000", kind
         assert rest.startswith(lock), f"{kind}: the image was built from another lock"
@@ -106,12 +113,28 @@ def test_mlflow_image_serves_with_a_postgres_driver(images: Images):
     assert _run(ref, "--version").strip().endswith("3.17.2")
     # SQLAlchemy loads its default driver for the backend-store URI of k8s/base/mlflow.yaml (without
     # connecting), psycopg with its bundled libpq: the image has no system libpq.
-    probe = ("import sqlalchemy, psycopg; e = sqlalchemy.create_engine('postgresql://u:p@bevt-postgres:5432/mlflow'); "
-             "print(e.dialect.driver, psycopg.pq.__impl__)")
+    probe = (
+        "import sqlalchemy, psycopg; e = sqlalchemy.create_engine('postgresql://u:p@bevt-postgres:5432/mlflow'); "
+        "print(e.dialect.driver, psycopg.pq.__impl__)"
+    )
     assert engine("run", "--rm", "--entrypoint", "python", ref, "-c", probe).stdout.strip() == "psycopg binary"
     name, port = f"bevt-mlflow-{uuid.uuid4().hex[:8]}", free_port()
-    engine("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:5000", ref, "server", "--host", "0.0.0.0",
-           "--port", "5000", "--backend-store-uri", "sqlite:////tmp/mlflow.db")
+    engine(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-p",
+        f"127.0.0.1:{port}:5000",
+        ref,
+        "server",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "5000",
+        "--backend-store-uri",
+        "sqlite:////tmp/mlflow.db",
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -131,8 +154,12 @@ def test_cpu_image_shards_real_footage_as_non_root_exactly_like_the_venv(images:
     """Real videos (decord), one only PyAV decodes and an empty file (rejected), mounted read-only."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    chosen = [samples.source_videos[0], samples.source_videos[1], samples.fallback_videos[0],
-              next(p for p, kind in samples.bad_inputs if kind == "empty")]
+    chosen = [
+        samples.source_videos[0],
+        samples.source_videos[1],
+        samples.fallback_videos[0],
+        next(p for p, kind in samples.bad_inputs if kind == "empty"),
+    ]
     for src in chosen:
         shutil.copy(src, inputs / src.name)
     (inputs / "list.txt").write_text("".join(f"{src.name} {i % 2}\n" for i, src in enumerate(chosen)))
@@ -140,13 +167,48 @@ def test_cpu_image_shards_real_footage_as_non_root_exactly_like_the_venv(images:
     in_container.mkdir(mode=0o777)
     in_container.chmod(0o777)  # the image's user 1000 writes here
     _world_readable(tmp_path)
-    args = ["--input", str(inputs / "list.txt"), "--frame-interval", "4", "--short-side", "96",
-            "--samples-per-shard", "2", "--max-reject-rate", "0.5", "--workers", "2"]
+    args = [
+        "--input",
+        str(inputs / "list.txt"),
+        "--frame-interval",
+        "4",
+        "--short-side",
+        "96",
+        "--samples-per-shard",
+        "2",
+        "--max-reject-rate",
+        "0.5",
+        "--workers",
+        "2",
+    ]
     # The same absolute paths inside, so that recorded sources match the host run byte for byte.
-    engine("run", "--rm", "-v", f"{inputs}:{inputs}:ro", "-v", f"{in_container}:{in_container}",
-           images.refs["cpu"], "shard", *args, "--output", str(in_container), "--no-progress", timeout=600)
-    shard(ShardConfig(input=str(inputs / "list.txt"), output=str(on_host), frame_interval=4, short_side=96,
-                      samples_per_shard=2, max_reject_rate=0.5, workers=2, progress=False))
+    engine(
+        "run",
+        "--rm",
+        "-v",
+        f"{inputs}:{inputs}:ro",
+        "-v",
+        f"{in_container}:{in_container}",
+        images.refs["cpu"],
+        "shard",
+        *args,
+        "--output",
+        str(in_container),
+        "--no-progress",
+        timeout=600,
+    )
+    shard(
+        ShardConfig(
+            input=str(inputs / "list.txt"),
+            output=str(on_host),
+            frame_interval=4,
+            short_side=96,
+            samples_per_shard=2,
+            max_reject_rate=0.5,
+            workers=2,
+            progress=False,
+        )
+    )
 
     import pyarrow.parquet as pq
 
@@ -179,8 +241,18 @@ def _pod_run_args(job: dict, replica_type: str, index: int, network: str) -> lis
     pod = template["securityContext"]
     shm = next(v["emptyDir"]["sizeLimit"] for v in template["volumes"] if v["name"] == "dshm")
     name = pj.pod_name(job["metadata"]["name"], replica_type, index)
-    args = ["--name", name, "--hostname", name, "--network", network, "--user",
-            f"{pod['runAsUser']}:{pod['runAsGroup']}", "--shm-size", shm.replace("Gi", "g").replace("Mi", "m")]
+    args = [
+        "--name",
+        name,
+        "--hostname",
+        name,
+        "--network",
+        network,
+        "--user",
+        f"{pod['runAsUser']}:{pod['runAsGroup']}",
+        "--shm-size",
+        shm.replace("Gi", "g").replace("Mi", "m"),
+    ]
     if container["securityContext"]["capabilities"]["drop"] == ["ALL"]:
         args.append("--cap-drop=ALL")
     if container["securityContext"]["allowPrivilegeEscalation"] is False:
@@ -190,8 +262,7 @@ def _pod_run_args(job: dict, replica_type: str, index: int, network: str) -> lis
     return [*args, "--entrypoint", container["command"][0]]
 
 
-def test_cuda_image_runs_the_pytorchjob_as_two_containers_with_the_operator_env(images: Images, joint_data,
-                                                                                  tmp_path):
+def test_cuda_image_runs_the_pytorchjob_as_two_containers_with_the_operator_env(images: Images, joint_data, tmp_path):
     tmp_path.chmod(0o755)
     work = tmp_path / "work"
     work.mkdir(mode=0o777)
@@ -201,9 +272,16 @@ def test_cuda_image_runs_the_pytorchjob_as_two_containers_with_the_operator_env(
     # One DataLoader worker per rank: batches cross the container's /dev/shm.
     config.write_text(yaml.safe_dump(joint_config(joint_data, work, batch, workers=1)))
     config.chmod(0o644)
-    job = pj.manifest(pj.JobSpec(name=f"bevt-smoke-{uuid.uuid4().hex[:6]}", image=images.refs["cuda"],
-                                 args=pj.entrypoint("pretrain-joint", str(config)), workers=1, nproc_per_node=1,
-                                 env=(("OMP_NUM_THREADS", "1"),)))
+    job = pj.manifest(
+        pj.JobSpec(
+            name=f"bevt-smoke-{uuid.uuid4().hex[:6]}",
+            image=images.refs["cuda"],
+            args=pj.entrypoint("pretrain-joint", str(config)),
+            workers=1,
+            nproc_per_node=1,
+            env=(("OMP_NUM_THREADS", "1"),),
+        )
+    )
     pj.validate(job)
     network = job["metadata"]["name"]
     engine("network", "create", network)
@@ -216,13 +294,18 @@ def test_cuda_image_runs_the_pytorchjob_as_two_containers_with_the_operator_env(
             logs.append(tmp_path / f"{run_args[1]}.log")
             mounts = ["-v", f"{joint_data}:{joint_data}:ro", "-v", f"{tmp_path}:{tmp_path}"]
             with open(logs[-1], "w") as log:
-                procs.append(subprocess.Popen(
-                    [ENGINE, "run", "--rm", *run_args, *mounts, container["image"], *container["args"]],
-                    stdout=log, stderr=subprocess.STDOUT))
+                procs.append(
+                    subprocess.Popen(
+                        [ENGINE, "run", "--rm", *run_args, *mounts, container["image"], *container["args"]],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         # Until both exit, or one fails (the other would wait for its peer until the rendezvous timeout).
         deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and not all(p.poll() == 0 for p in procs) \
-                and not any(p.poll() for p in procs):
+        while (
+            time.monotonic() < deadline and not all(p.poll() == 0 for p in procs) and not any(p.poll() for p in procs)
+        ):
             time.sleep(1)
     finally:
         for name in names:
@@ -250,7 +333,12 @@ def test_image_sizes_are_recorded_and_the_shard_image_is_small(images: Images):
     (RESULTS / "images.md").write_text(
         f"# Stage image sizes ({engine_name}, uncompressed, as stored locally)\n\n"
         "Written by tests/containers/test_images.py. bevt-cuda shares bevt-cpu's base and package layers.\n\n"
-        "| image | stages | size |\n|---|---|---|\n" + "".join(
-            f"| `{r['image']}` | {', '.join(s for s, k in img.STAGE_IMAGE.items() if k == r['kind']) or 'MLflow server'}"
-            f" | {r['gb']:.2f} GB |\n" for r in rows))
+        "| image | stages | size |\n|---|---|---|\n"
+        + "".join(
+            f"| `{r['image']}` "
+            f"| {', '.join(s for s, k in img.STAGE_IMAGE.items() if k == r['kind']) or 'MLflow server'}"
+            f" | {r['gb']:.2f} GB |\n"
+            for r in rows
+        )
+    )
     assert sizes["cpu"] < MAX_CPU_IMAGE_BYTES, f"bevt-cpu is {sizes['cpu'] / 1e9:.2f} GB"

@@ -25,8 +25,16 @@ PIPELINE_EXPERIMENT = "bevt"  # bevt pipeline run-local's default experiment
 PIPELINE_RUN = "lineage-test"
 PIPELINE_MODEL = "bevt-lineage-test"
 PIPELINE_STEPS = {  # the pipeline's step runs: name -> how many of them (one finetune task: scene)
-    "shard pretraining videos": 1, "shard images": 1, "tokenize videos": 1, "tokenize images": 1,
-    "pretrain-image": 1, "pretrain-joint": 1, "shard scene": 2, "finetune scene": 1, "evaluate scene": 1}
+    "shard pretraining videos": 1,
+    "shard images": 1,
+    "tokenize videos": 1,
+    "tokenize images": 1,
+    "pretrain-image": 1,
+    "pretrain-joint": 1,
+    "shard scene": 2,
+    "finetune scene": 1,
+    "evaluate scene": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -47,20 +55,48 @@ def scene_model(samples, mlflow_server, tmp_path_factory) -> SceneModel:
     root = tmp_path_factory.mktemp("scene")
     task = samples.scene
     for split, listing in (("train", task.train_list), ("val", task.val_list)):
-        shard(ShardConfig(input=str(listing), root=str(task.root), classes=str(task.root / "classes.txt"),
-                          output=str(root / split), progress=False, workers=2, short_side=64))
-    tracked = {"tracking_uri": mlflow_server.uri, "experiment": EXPERIMENT}
+        shard(
+            ShardConfig(
+                input=str(listing),
+                root=str(task.root),
+                classes=str(task.root / "classes.txt"),
+                output=str(root / split),
+                progress=False,
+                workers=2,
+                short_side=64,
+            )
+        )
+    tracked = {"uri": mlflow_server.uri, "experiment": EXPERIMENT}
     exported = os.environ.get("MLFLOW_TRACKING_URI")
-    ft = finetune.run(from_dict(finetune.FinetuneConfig, {
-        "preset": "k400-tiny", "train": str(root / "train"), "register_as": MODEL_NAME,
-        "optim": {"layer_decay": 1.0},  # from scratch there is no pretrained trunk to keep near its init
-        "run": {"work_dir": str(root / "finetune"), "workers": 0, "log_every": 10} | tracked}))
+    ft = finetune.run(
+        from_dict(
+            finetune.FinetuneConfig,
+            {
+                "preset": "k400-tiny",
+                "train": str(root / "train"),
+                "register_as": MODEL_NAME,
+                "optim": {"layer_decay": 1.0},  # from scratch there is no pretrained trunk to keep near its init
+                "run": {"work_dir": str(root / "finetune"), "workers": 0, "log_every": 10},
+                "tracking": tracked,
+            },
+        )
+    )
     assert not ft.failed and ft.registered, ft.summary()
     # MLflow's fluent API exports the URI it logs to; registering must not leave it for later stages.
     assert os.environ.get("MLFLOW_TRACKING_URI") == exported
-    evaluate.run(from_dict(evaluate.EvaluateConfig, {
-        "preset": "k400-tiny", "weights": ft.weights, "data": str(root / "val"), "output": str(root / "eval"),
-        "workers": 0} | tracked))
+    evaluate.run(
+        from_dict(
+            evaluate.EvaluateConfig,
+            {
+                "preset": "k400-tiny",
+                "weights": ft.weights,
+                "data": str(root / "val"),
+                "output": str(root / "eval"),
+                "workers": 0,
+                "tracking": tracked,
+            },
+        )
+    )
     videos = [(task.root / row["source"], row["label"]) for row in load_manifest(str(root / "val")).rows]
     return SceneModel(root / "val", ft.weights, ft.registered, ft.run_id, root / "eval" / "metrics.json", videos)
 
@@ -91,22 +127,56 @@ def tracked_pipeline(samples, mlflow_server, tmp_path_factory) -> TrackedPipelin
     params = {
         "pretrain_videos": subset(scene.train_list, tmp / "pt.txt", 4),
         "images": subset(samples.images_list, tmp / "images.txt", 16),
-        "finetune_tasks": [{"run_label": "scene", "train_list": str(tmp / "train.txt"), "val_list": str(scene.val_list),
-                            "root": str(scene.root), "classes": str(scene.root / "classes.txt"),
-                            "preset": "k400-tiny", "frame_interval": 2,
-                            "register_as": PIPELINE_MODEL}],
-        "videos_root": str(scene.root), "images_root": str(samples.images_root),
-        "recipe": "tiny", "tokenizer": "codebook", "views": 1, "crop": 64, "codebook_size": 16, "short_side": 64,
-        "pretrain_frame_interval": 2, "max_steps": 2, "procs_per_node": 1, "workers": 0, "tracking_uri": "auto"}
+        "finetune_tasks": [
+            {
+                "run_label": "scene",
+                "train_list": str(tmp / "train.txt"),
+                "val_list": str(scene.val_list),
+                "root": str(scene.root),
+                "classes": str(scene.root / "classes.txt"),
+                "preset": "k400-tiny",
+                "frame_interval": 2,
+                "register_as": PIPELINE_MODEL,
+            }
+        ],
+        "videos_root": str(scene.root),
+        "images_root": str(samples.images_root),
+        "recipe": "tiny",
+        "tokenizer": "codebook",
+        "views": 1,
+        "crop": 64,
+        "codebook_size": 16,
+        "short_side": 64,
+        "pretrain_frame_interval": 2,
+        "max_steps": 2,
+        "procs_per_node": 1,
+        "workers": 0,
+        "tracking_uri": "auto",
+    }
     config = tmp / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({"action": "run-local", "params": params, "run_name": PIPELINE_RUN,
-                                      "pipeline_root": str(tmp / "root"), "caching": False}))
-    env = dict(os.environ) | mlflow_server.env() | {"PYTHONUNBUFFERED": "1", "PIP_NO_INDEX": "1",
-                                                     "OMP_NUM_THREADS": "1", "BEVT_GIT_REVISION": "0123abc"}
-    code = ("import sys; from bevt_core.config import from_dict, load_yaml; from bevt_core.kube import pipeline_cli as p; "
-            "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())")
-    proc = subprocess.run([sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True,
-                          timeout=1800)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "action": "run-local",
+                "params": params,
+                "run_name": PIPELINE_RUN,
+                "pipeline_root": str(tmp / "root"),
+                "caching": False,
+            }
+        )
+    )
+    env = (
+        dict(os.environ)
+        | mlflow_server.env()
+        | {"PYTHONUNBUFFERED": "1", "PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "1", "BEVT_GIT_REVISION": "0123abc"}
+    )
+    code = (
+        "import sys; from bevt_core.config import from_dict, load_yaml; from pipelines import cli as p; "
+        "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
     experiment = client.get_experiment_by_name(PIPELINE_EXPERIMENT).experiment_id

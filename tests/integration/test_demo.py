@@ -14,14 +14,20 @@ import subprocess
 
 import pytest
 
-from bevt_core.data.targets import load_tokens
+from bevt_core.data.token_format import load_tokens
 from tests.conftest import REPO, bevt_cli
 
 pytestmark = pytest.mark.slow
 
 TASKS = ("scene", "camera-motion")
-STEPS = ["shard pretraining videos", "shard images", "tokenize videos", "tokenize images", "pretrain-image",
-         "pretrain-joint"] + [f"{stage} {task}" for task in TASKS for stage in ("shard", "shard", "finetune", "evaluate")]
+STEPS = [
+    "shard pretraining videos",
+    "shard images",
+    "tokenize videos",
+    "tokenize images",
+    "pretrain-image",
+    "pretrain-joint",
+] + [f"{stage} {task}" for task in TASKS for stage in ("shard", "shard", "finetune", "evaluate")]
 
 
 def test_demo_runs_the_pipeline_locally_and_resumes(samples, tmp_path, cli_env):
@@ -57,9 +63,9 @@ def test_demo_runs_the_pipeline_locally_and_resumes(samples, tmp_path, cli_env):
     assert by_id[one["tokenize images"].data.tags["bevt.upstream.codebook"]].info.run_name == "tokenize videos"
     (video_tokens,) = (work / "kfp").rglob("tokenize/tokens")
     (image_tokens,) = (work / "kfp").rglob("tokenize-2/tokens")
-    assert (load_tokens(str(video_tokens)).record["tokenizer"] == load_tokens(str(image_tokens)).record["tokenizer"])
+    assert load_tokens(str(video_tokens)).record["tokenizer"] == load_tokens(str(image_tokens)).record["tokenizer"]
     # Per task: evaluated over its val clips, the model registered from its finetune run.
-    for task, data in (("scene", samples.scene), ("camera-motion", samples.camera_motion)):
+    for task in ("scene", "camera-motion"):
         (version,) = client.search_model_versions(f"name = 'bevt-demo-{task}'")
         assert version.run_id == one[f"finetune {task}"].info.run_id
         evaluated = one[f"evaluate {task}"].data

@@ -32,20 +32,40 @@ def joint_data(samples, tmp_path_factory) -> Path:
     return prepare_joint_data(samples, tmp_path_factory.mktemp("contract"))
 
 
-OPERATOR_VARS = {"PYTHONUNBUFFERED", "MASTER_ADDR", "PET_MASTER_ADDR", "MASTER_PORT", "PET_MASTER_PORT", "WORLD_SIZE",
-                 "RANK", "PET_NODE_RANK", "PET_NNODES", "PET_NPROC_PER_NODE"}
+OPERATOR_VARS = {
+    "PYTHONUNBUFFERED",
+    "MASTER_ADDR",
+    "PET_MASTER_ADDR",
+    "MASTER_PORT",
+    "PET_MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "PET_NODE_RANK",
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+}
 ELASTIC_VARS = {"PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_MAX_RESTARTS"}
 
 
-@pytest.mark.parametrize("elastic", [None, pj.Elastic(min_nodes=2, max_nodes=2, max_restarts=0)],
-                         ids=["static", "elastic-c10d"])
+@pytest.mark.parametrize(
+    "elastic", [None, pj.Elastic(min_nodes=2, max_nodes=2, max_restarts=0)], ids=["static", "elastic-c10d"]
+)
 def test_master_and_worker_with_only_the_operator_env_train_together(joint_data, tmp_path, elastic):
     config = tmp_path / "pretrain-joint.yaml"
     batch = 2
     config.write_text(yaml.safe_dump(joint_config(joint_data, tmp_path / "work", batch)))
-    job = pj.manifest(pj.JobSpec(name="bevt-contract", image="unused", args=pj.entrypoint("pretrain-joint", str(config)),
-                                 workers=1, nproc_per_node=1, port=free_port(), env=(("OMP_NUM_THREADS", "1"),),
-                                 elastic=elastic))
+    job = pj.manifest(
+        pj.JobSpec(
+            name="bevt-contract",
+            image="unused",
+            args=pj.entrypoint("pretrain-joint", str(config)),
+            workers=1,
+            nproc_per_node=1,
+            port=free_port(),
+            env=(("OMP_NUM_THREADS", "1"),),
+            elastic=elastic,
+        )
+    )
     pj.validate(job)
     hosts = {pj.pod_name("bevt-contract", t, i) for t, i in pj.replicas(job)}
     container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
@@ -56,8 +76,15 @@ def test_master_and_worker_with_only_the_operator_env_train_together(joint_data,
         env = pj.replica_env(job, rtype, index)
         assert set(env) == {"OMP_NUM_THREADS"} | OPERATOR_VARS | (ELASTIC_VARS if elastic else set())
         env = {k: _local(v, hosts) for k, v in env.items()}
-        procs.append(subprocess.Popen([*container["command"], *container["args"]], env=base | env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [*container["command"], *container["args"]],
+                env=base | env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     try:
         outs = [p.communicate(timeout=600)[0] for p in procs]
     finally:

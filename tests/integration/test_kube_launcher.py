@@ -30,8 +30,14 @@ PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods(?:/(?P<pod>[^/]+)/log
 
 
 def condition(kind: str, message: str = "") -> dict:
-    return {"type": kind, "status": "True", "reason": f"PyTorchJob{kind}", "message": message,
-            "lastTransitionTime": "2026-11-24T04:00:00Z", "lastUpdateTime": "2026-11-24T04:00:00Z"}
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": f"PyTorchJob{kind}",
+        "message": message,
+        "lastTransitionTime": "2026-11-24T04:00:00Z",
+        "lastUpdateTime": "2026-11-24T04:00:00Z",
+    }
 
 
 class FakeKube:
@@ -66,8 +72,10 @@ class FakeKube:
                     fake.jobs[body["metadata"]["name"]] = body
                     return self._reply(201, body)
                 if m and m["name"] not in fake.jobs:
-                    return self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                             "reason": "NotFound", "code": 404})
+                    return self._reply(
+                        404,
+                        {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404},
+                    )
                 if m and self.command == "GET" and fake.failing_gets:
                     fake.failing_gets -= 1
                     return self._reply(503, {"kind": "Status", "code": 503, "message": "apiserver restarting"})
@@ -111,47 +119,78 @@ class FakeKube:
 
 
 def job_spec(**kw) -> pj.JobSpec:
-    return pj.JobSpec(**({"name": "bevt-joint-abc", "image": "registry.example/bevt-cuda:1", "workers": 2,
-                          "args": pj.entrypoint("pretrain-joint", "s3://b/cfg.yaml"),
-                          "secret_env": (pj.SecretEnv("AWS_SECRET_ACCESS_KEY", "bevt-s3", "secret-key"),)} | kw))
+    return pj.JobSpec(
+        **(
+            {
+                "name": "bevt-joint-abc",
+                "image": "registry.example/bevt-cuda:1",
+                "workers": 2,
+                "args": pj.entrypoint("pretrain-joint", "s3://b/cfg.yaml"),
+                "secret_env": (pj.SecretEnv("AWS_SECRET_ACCESS_KEY", "bevt-s3", "secret-key"),),
+            }
+            | kw
+        )
+    )
 
 
-RUNNING = {"conditions": [condition("Created"), condition("Running")],
-           "replicaStatuses": {"Master": {"active": 1}, "Worker": {"active": 2}}}
+RUNNING = {
+    "conditions": [condition("Created"), condition("Running")],
+    "replicaStatuses": {"Master": {"active": 1}, "Worker": {"active": 2}},
+}
 
 
 def run(fake: FakeKube, timeout_s: float = 30) -> tuple[launcher.LaunchResult, list[str]]:
     said: list[str] = []
-    result = launcher.launch(pj.render(job_spec()), "ml", timeout_s=timeout_s, poll_s=0.05,
-                             client_configuration=fake.configuration(), say=said.append)
+    result = launcher.launch(
+        pj.render(job_spec()),
+        "ml",
+        timeout_s=timeout_s,
+        poll_s=0.05,
+        client_configuration=fake.configuration(),
+        say=said.append,
+    )
     return result, said
 
 
 def test_success_creates_exactly_the_rendered_job_reports_states_and_cleans_up():
-    statuses = [{}, RUNNING, RUNNING,
-                {"conditions": [condition("Created"), condition("Running"), condition("Succeeded", "done")],
-                 "replicaStatuses": {"Master": {"succeeded": 1}, "Worker": {"succeeded": 2}}}]
+    statuses = [
+        {},
+        RUNNING,
+        RUNNING,
+        {
+            "conditions": [condition("Created"), condition("Running"), condition("Succeeded", "done")],
+            "replicaStatuses": {"Master": {"succeeded": 1}, "Worker": {"succeeded": 2}},
+        },
+    ]
     with FakeKube(statuses) as fake:
         result, said = run(fake)
     (post,) = [body for m, _, body in fake.requests if m == "POST"]
     assert post == pj.manifest(job_spec())
     assert fake.requests[0][1] == "/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs"
     assert fake.methods() == ["POST pytorchjobs"] + ["GET bevt-joint-abc"] * 4 + ["DELETE bevt-joint-abc"]
-    assert result.states == ["Pending", "Running (Master: 1 active, 0 succeeded, 0 failed, Worker: 2 active, "
-                             "0 succeeded, 0 failed)",
-                             "Succeeded (Master: 0 active, 1 succeeded, 0 failed, Worker: 0 active, 2 succeeded, 0 failed)"]
+    assert result.states == [
+        "Pending",
+        "Running (Master: 1 active, 0 succeeded, 0 failed, Worker: 2 active, 0 succeeded, 0 failed)",
+        "Succeeded (Master: 0 active, 1 succeeded, 0 failed, Worker: 0 active, 2 succeeded, 0 failed)",
+    ]
     assert said[0] == "PyTorchJob ml/bevt-joint-abc created" and said[-1] == "PyTorchJob ml/bevt-joint-abc deleted"
 
 
 def test_failure_raises_with_the_operator_message_and_the_master_log_and_cleans_up():
     log = "\n".join(f"line {i}" for i in range(100)) + "\nRuntimeError: CUDA out of memory\n"
-    statuses = [RUNNING, {"conditions": [condition("Created"), condition("Running"),
-                                         condition("Failed", "PyTorchJob bevt-joint-abc is failed because 1 "
-                                                             "Master replica(s) failed.")],
-                          "replicaStatuses": {"Master": {"failed": 1}, "Worker": {"active": 2}}}]
-    with FakeKube(statuses, master_log=log) as fake:
-        with pytest.raises(launcher.JobFailed) as err:
-            run(fake)
+    statuses = [
+        RUNNING,
+        {
+            "conditions": [
+                condition("Created"),
+                condition("Running"),
+                condition("Failed", "PyTorchJob bevt-joint-abc is failed because 1 Master replica(s) failed."),
+            ],
+            "replicaStatuses": {"Master": {"failed": 1}, "Worker": {"active": 2}},
+        },
+    ]
+    with FakeKube(statuses, master_log=log) as fake, pytest.raises(launcher.JobFailed) as err:
+        run(fake)
     text = str(err.value)
     assert "is failed because 1 Master replica(s) failed." in text
     assert "RuntimeError: CUDA out of memory" in text and "line 61" in text and "line 60\n" not in text
@@ -162,9 +201,11 @@ def test_failure_raises_with_the_operator_message_and_the_master_log_and_cleans_
 
 
 def test_timeout_deletes_the_job_and_raises():
-    with FakeKube([RUNNING]) as fake:
-        with pytest.raises(launcher.JobTimeout, match="not finished after 0 s .last state: Running"):
-            run(fake, timeout_s=0.3)
+    with (
+        FakeKube([RUNNING]) as fake,
+        pytest.raises(launcher.JobTimeout, match="not finished after 0 s .last state: Running"),
+    ):
+        run(fake, timeout_s=0.3)
     assert fake.gets >= 3 and fake.methods()[-1] == "DELETE bevt-joint-abc"
 
 
@@ -173,26 +214,31 @@ def test_status_read_errors_are_survived_then_given_up_on():
     with FakeKube([RUNNING, done], failing_gets=3) as fake:
         result, said = run(fake)
     assert result.states[-1] == "Succeeded" and sum("status read failed" in s for s in said) == 3
-    with FakeKube([RUNNING], failing_gets=1000) as fake:
-        with pytest.raises(RuntimeError, match="Failed to get PyTorchJob"):
-            run(fake)
+    with FakeKube([RUNNING], failing_gets=1000) as fake, pytest.raises(RuntimeError, match="Failed to get PyTorchJob"):
+        run(fake)
     assert fake.methods()[-1] == "DELETE bevt-joint-abc" and fake.methods().count("GET bevt-joint-abc") == 10
 
 
 def test_keep_leaves_the_job_for_inspection():
     with FakeKube([{"conditions": [condition("Succeeded")]}]) as fake:
         job = pj.render(job_spec())
-        launcher.launch(job, "ml", timeout_s=5, poll_s=0.05, keep=True, client_configuration=fake.configuration(),
-                        say=lambda s: None)
+        launcher.launch(
+            job,
+            "ml",
+            timeout_s=5,
+            poll_s=0.05,
+            keep=True,
+            client_configuration=fake.configuration(),
+            say=lambda s: None,
+        )
     assert "DELETE bevt-joint-abc" not in fake.methods()
 
 
 def test_an_invalid_job_never_reaches_the_api():
     job = pj.render(job_spec())
     job.spec.pytorch_replica_specs["Master"].replicas = 2
-    with FakeKube([RUNNING]) as fake:
-        with pytest.raises(pj.InvalidJob, match="Master.replicas: must be 1"):
-            launcher.launch(job, "ml", timeout_s=5, client_configuration=fake.configuration(), say=lambda s: None)
+    with FakeKube([RUNNING]) as fake, pytest.raises(pj.InvalidJob, match="Master.replicas: must be 1"):
+        launcher.launch(job, "ml", timeout_s=5, client_configuration=fake.configuration(), say=lambda s: None)
     assert fake.requests == []
 
 
@@ -204,8 +250,9 @@ def test_a_refused_create_is_an_error_and_nothing_is_polled():
 
         def conflict(self):
             fake.requests.append(("POST", self.path, None))
-            self._reply(409, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
-                              "code": 409})
+            self._reply(
+                409, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409}
+            )
 
         handler.do_POST = conflict
         try:
@@ -255,8 +302,14 @@ def test_local_torchrun_ranks_failure_and_timeout(tmp_path, how):
 def test_without_a_namespace_the_launcher_uses_its_own():
     # No service-account namespace file and no kubeconfig here: TrainingClient's default is "default".
     with FakeKube([{"conditions": [condition("Succeeded")]}]) as fake:
-        result = launcher.launch(pj.render(job_spec()), "", timeout_s=5, poll_s=0.05,
-                                 client_configuration=fake.configuration(), say=lambda s: None)
+        result = launcher.launch(
+            pj.render(job_spec()),
+            "",
+            timeout_s=5,
+            poll_s=0.05,
+            client_configuration=fake.configuration(),
+            say=lambda s: None,
+        )
     assert result.namespace == "default"
     assert fake.requests[0][1] == "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
 
@@ -275,8 +328,12 @@ launcher.launch(job, "ml", timeout_s=300, poll_s=0.1, client_configuration=confi
 def test_a_terminated_launcher_deletes_its_job():
     """Kubernetes stops the launcher's pod with SIGTERM when the KFP run is terminated."""
     with FakeKube([RUNNING]) as fake:
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCH_SCRIPT, fake.configuration().host],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH_SCRIPT, fake.configuration().host],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while fake.gets < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -290,8 +347,10 @@ def test_a_terminated_local_run_stops_its_ranks(tmp_path):
     script, out = tmp_path / "ranks.py", tmp_path / "out"
     script.write_text(RANK_SCRIPT)
     out.mkdir()
-    code = (f"from bevt_core.kube import launcher; "
-            f"launcher.run_local(({str(script)!r}, {str(out)!r}, 'hang'), nproc=2, timeout_s=300)")
+    code = (
+        f"from bevt_core.kube import launcher; "
+        f"launcher.run_local(({str(script)!r}, {str(out)!r}, 'hang'), nproc=2, timeout_s=300)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(list(out.iterdir())) < 2 and time.monotonic() < deadline:

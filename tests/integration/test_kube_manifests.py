@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bevt_core import images
 from bevt_core.config import from_dict
-from bevt_core.kube import images, manifests
+from bevt_core.kube import manifests
 from bevt_core.kube import pytorchjob as pj
 from tests.unit.test_kube_pytorchjob import strict_pod_templates
 
@@ -29,8 +30,9 @@ SECRETS = {"bevt-s3": {"access-key": "AK", "secret-key": "SK"}, "bevt-postgres":
 
 
 def render(path: str) -> list[dict]:
-    out = subprocess.run([str(BIN / "kubectl"), "kustomize", str(REPO / "k8s" / path)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(BIN / "kubectl"), "kustomize", str(REPO / "k8s" / path)], capture_output=True, text=True, check=True
+    )
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
@@ -50,8 +52,10 @@ def pod_specs(docs) -> list[tuple[str, dict]]:
         if d["kind"] in ("Deployment", "StatefulSet"):
             out.append((d["metadata"]["name"], d["spec"]["template"]["spec"]))
         if d["kind"] == "PyTorchJob":
-            out += [(f"{d['metadata']['name']}/{t}", r["template"]["spec"])
-                    for t, r in d["spec"]["pytorchReplicaSpecs"].items()]
+            out += [
+                (f"{d['metadata']['name']}/{t}", r["template"]["spec"])
+                for t, r in d["spec"]["pytorchReplicaSpecs"].items()
+            ]
     return out
 
 
@@ -61,7 +65,7 @@ def rendered(request) -> tuple[str, list[dict]]:
 
 
 def test_strict_kubernetes_schema(rendered, tmp_path):
-    name, docs = rendered
+    _, docs = rendered
     proc = strict_validate(docs, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # kubernetes-validate skips the custom resources: they are checked by the tests below.
@@ -104,7 +108,8 @@ def test_pytorchjobs_pass_crd_schema_webhook_and_get_the_operator_env(rendered):
                 # The same GPU scheduling the launcher's jobs and the pipeline's GPU steps use.
                 assert pod["nodeSelector"] == dict(manifests.GPU_NODE_SELECTOR)
                 assert [(t["key"], t.get("value", ""), t["effect"]) for t in pod["tolerations"]] == list(
-                    manifests.GPU_TOLERATIONS)
+                    manifests.GPU_TOLERATIONS
+                )
             else:
                 assert "nvidia.com/gpu" not in c["resources"]["limits"]
 
@@ -119,15 +124,18 @@ def test_stage_configs_load_as_typed_configs(rendered):
         cmd = next(c for c in COMMANDS if c.name == file.removesuffix(".yaml"))
         cls, _ = cmd.load()
         cfg = from_dict(cls, yaml.safe_load(text))
-        assert cfg.run.tracking_uri == "http://bevt-mlflow:5000"
+        assert cfg.tracking.uri == "http://bevt-mlflow:5000"
 
 
 def test_only_the_training_jobs_carry_the_stage_label(rendered):
     """The README applies the services with `-l '!bevt/stage'`, then one job at a time with
     `-l bevt/stage=STAGE`: finetuning must not start before the pretraining it loads has finished."""
     _, docs = rendered
-    staged = {d["metadata"]["name"]: d["metadata"]["labels"]["bevt/stage"] for d in docs
-              if "bevt/stage" in d["metadata"].get("labels", {})}
+    staged = {
+        d["metadata"]["name"]: d["metadata"]["labels"]["bevt/stage"]
+        for d in docs
+        if "bevt/stage" in d["metadata"].get("labels", {})
+    }
     assert staged == {"bevt-pretrain-joint": "pretrain-joint", "bevt-finetune": "finetune"}
     assert {d["kind"] for d in docs if d["metadata"]["name"] in staged} == {"PyTorchJob"}
 
@@ -160,13 +168,20 @@ def test_launcher_rbac_is_exactly_what_the_launcher_does(rendered):
     _, docs = rendered
     (role,) = kinds(docs, "Role")
     jobs = [r for r in role["rules"] if r["resources"] == ["pytorchjobs"]]
-    assert jobs == [{"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"],
-                     "verbs": ["create", "get", "list", "watch", "delete"]}]
+    assert jobs == [
+        {
+            "apiGroups": ["kubeflow.org"],
+            "resources": ["pytorchjobs"],
+            "verbs": ["create", "get", "list", "watch", "delete"],
+        }
+    ]
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in role["rules"] if r is not jobs[0])
     (binding,) = kinds(docs, "RoleBinding")
     ns = role["metadata"].get("namespace")
     assert binding["roleRef"]["name"] == "bevt-launcher"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "bevt-launcher"} | ({"namespace": ns} if ns else {})]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "bevt-launcher"} | ({"namespace": ns} if ns else {})
+    ]
 
 
 def test_mlflow_server_uses_postgres_s3_and_a_cluster_ip_service(rendered):
@@ -191,7 +206,8 @@ def test_dev_overlay_adds_the_object_store():
 def test_committed_pytorchjobs_are_what_the_launcher_renders():
     for name, text in manifests.render_base().items():
         assert (REPO / "k8s" / "base" / name).read_text() == text, (
-            f"k8s/base/{name} is stale: run `python -m bevt_core.kube.manifests k8s/base`")
+            f"k8s/base/{name} is stale: run `python -m bevt_core.kube.manifests k8s/base`"
+        )
 
 
 def test_images_are_pinned_from_one_place():
@@ -199,6 +215,11 @@ def test_images_are_pinned_from_one_place():
     for entry in kustomization["images"]:
         kind = next(k for k, n in images.NAMES.items() if entry["name"].endswith("/" + n))
         assert f"{entry['name']}:{entry['newTag']}" == images.image(kind, default=True)
-    ours = {c["image"] for d in ["base", "overlays/dev", "overlays/gpu"] for _, pod in pod_specs(render(d))
-            for c in pod["containers"] if "/bevt-" in c["image"]}
+    ours = {
+        c["image"]
+        for d in ["base", "overlays/dev", "overlays/gpu"]
+        for _, pod in pod_specs(render(d))
+        for c in pod["containers"]
+        if "/bevt-" in c["image"]
+    }
     assert ours == {images.image("cuda", default=True), images.image("mlflow", default=True)}

@@ -45,8 +45,13 @@ def browser(chromium):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1920,1080"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1920,1080",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(chromium[1]), options=options)
     try:
@@ -75,8 +80,7 @@ def test_mlflow_ui_lists_the_pipelines_stage_runs(tracked_pipeline, mlflow_serve
     assert f"{runs} matching runs" in page() and "pretrain-joint" not in page()
 
     # The parent row's expander (the +/- button in its name cell) shows the step runs nested under it.
-    (expander,) = browser.find_elements(
-        By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']")
+    (expander,) = browser.find_elements(By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']")
     browser.execute_script("arguments[0].click()", expander)
     wait.until(lambda d: all(name in page() for name in PIPELINE_STEPS))
     table = page()

@@ -14,19 +14,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bevt_core import images
 from bevt_core.config import MISSING
-from bevt_core.kube import images
-from bevt_core.kube.pipeline_cli import PipelineParams, compile_pipeline
+from pipelines.cli import PipelineParams, compile_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 ORDER = {  # display name -> display names it consumes (in the loop: the loop's own steps)
-    "shard pretraining videos": set(), "shard images": set(), "shard finetune train": set(),
+    "shard pretraining videos": set(),
+    "shard images": set(),
+    "shard finetune train": set(),
     "shard finetune val": set(),
     "tokenize videos": {"shard pretraining videos"},
     "tokenize images": {"shard images", "tokenize videos"},
     "pretrain image stream": {"shard images", "tokenize images"},
-    "pretrain joint": {"shard pretraining videos", "tokenize videos", "shard images", "tokenize images",
-                       "pretrain image stream"},
+    "pretrain joint": {
+        "shard pretraining videos",
+        "tokenize videos",
+        "shard images",
+        "tokenize images",
+        "pretrain image stream",
+    },
     "finetune": {"shard finetune train", "shard finetune val"},  # and the joint model, through the loop
     "evaluate": {"finetune", "shard finetune val"},
 }
@@ -51,8 +58,9 @@ def loop(spec) -> tuple[dict, dict]:
 
 def dag_tasks(spec) -> dict[str, dict]:
     """Task id -> task, the root DAG's steps and the loop's."""
-    return {k: t for k, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" not in t} | \
-        loop(spec)[1]["dag"]["tasks"]
+    return {k: t for k, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" not in t} | loop(spec)[1][
+        "dag"
+    ]["tasks"]
 
 
 def tasks(spec) -> dict[str, dict]:
@@ -79,21 +87,30 @@ def test_tasks_and_their_order(ir):
     # Every finetune task starts from the joint model: the loop waits for it and hands its model in.
     loop_task, loop_comp = loop(spec)
     assert loop_task["dependentTasks"] == ["pretrain-joint"]
-    assert loop_task["parameterIterator"] == {"itemInput": LOOP_ITEM,
-                                              "items": {"inputParameter": "pipelinechannel--finetune_tasks"}}
+    assert loop_task["parameterIterator"] == {
+        "itemInput": LOOP_ITEM,
+        "items": {"inputParameter": "pipelinechannel--finetune_tasks"},
+    }
     assert {t["taskInfo"]["name"] for t in loop_comp["dag"]["tasks"].values()} == PER_TASK
     finetune = by_name["finetune"]["inputs"]
     assert finetune["artifacts"]["init"] == {"componentInputArtifact": "pipelinechannel--pretrain-joint-model"}
     assert finetune["parameters"]["nodes"] == {"componentInputParameter": "pipelinechannel--finetune_nodes"}
     assert finetune["parameters"]["procs_per_node"] == {
-        "componentInputParameter": "pipelinechannel--finetune_procs_per_node"}
+        "componentInputParameter": "pipelinechannel--finetune_procs_per_node"
+    }
     assert joint["parameters"]["procs_per_node"] == {"componentInputParameter": "procs_per_node"}
     # The task's own fields come from the loop item.
-    for name, param, field in (("finetune", "preset", "preset"), ("finetune", "register_as", "register_as"),
-                               ("evaluate", "run_label", "run_label"), ("shard finetune val", "input_list", "val_list"),
-                               ("shard finetune train", "frame_interval", "frame_interval")):
+    for name, param, field in (
+        ("finetune", "preset", "preset"),
+        ("finetune", "register_as", "register_as"),
+        ("evaluate", "run_label", "run_label"),
+        ("shard finetune val", "input_list", "val_list"),
+        ("shard finetune train", "frame_interval", "frame_interval"),
+    ):
         assert by_name[name]["inputs"]["parameters"][param] == {
-            "componentInputParameter": LOOP_ITEM, "parameterExpressionSelector": f'parseJson(string_value)["{field}"]'}
+            "componentInputParameter": LOOP_ITEM,
+            "parameterExpressionSelector": f'parseJson(string_value)["{field}"]',
+        }
 
 
 def test_pipeline_parameters_are_the_cli_params(ir):
@@ -133,18 +150,26 @@ def test_kfp_kubernetes_settings(ir):
     spec, k8s = ir
     for name, task in tasks(spec).items():
         cfg = k8s[executor(spec, task)]
-        assert cfg["secretAsEnv"] == [{
-            "secretName": "bevt-s3", "secretNameParameter": {"runtimeValue": {"constant": "bevt-s3"}},
-            "keyToEnv": [{"secretKey": "access-key", "envVar": "AWS_ACCESS_KEY_ID"},
-                         {"secretKey": "secret-key", "envVar": "AWS_SECRET_ACCESS_KEY"}], "optional": False}]
+        assert cfg["secretAsEnv"] == [
+            {
+                "secretName": "bevt-s3",
+                "secretNameParameter": {"runtimeValue": {"constant": "bevt-s3"}},
+                "keyToEnv": [
+                    {"secretKey": "access-key", "envVar": "AWS_ACCESS_KEY_ID"},
+                    {"secretKey": "secret-key", "envVar": "AWS_SECRET_ACCESS_KEY"},
+                ],
+                "optional": False,
+            }
+        ]
         (env_map,) = cfg["configMapAsEnv"]
         assert env_map["configMapName"] == "bevt-env" and env_map["optional"] is True
         assert {e["envVar"] for e in env_map["keyToEnv"]} >= {"AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI"}
         if name in GPU_STEPS:
             assert cfg["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
             assert cfg["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-            assert cfg["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory",
-                                              "sizeLimit": "16Gi"}]
+            assert cfg["emptyDirMounts"] == [
+                {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "16Gi"}
+            ]
         else:
             assert not {"nodeSelector", "tolerations", "emptyDirMounts"} & set(cfg), name
 
@@ -153,8 +178,17 @@ def test_images_and_no_install_at_start(ir):
     spec, _ = ir
     executors = spec["deploymentSpec"]["executors"]
     for name, task in tasks(spec).items():
-        stage = ("shard" if name.startswith("shard") else "tokenize" if name.startswith("tokenize") else
-                 "pretrain-image" if name == "pretrain image stream" else "launcher" if name in LAUNCHERS else name)
+        stage = (
+            "shard"
+            if name.startswith("shard")
+            else "tokenize"
+            if name.startswith("tokenize")
+            else "pretrain-image"
+            if name == "pretrain image stream"
+            else "launcher"
+            if name in LAUNCHERS
+            else name
+        )
         container = executors[executor(spec, task)]["container"]
         assert container["image"] == images.for_stage(stage), name
         assert "pip install" not in " ".join(container["command"]), name
@@ -163,8 +197,12 @@ def test_images_and_no_install_at_start(ir):
 def test_image_registry_and_tag_come_from_one_place(tmp_path):
     env = os.environ | {"BEVT_IMAGE_REGISTRY": "registry.example.com/ml", "BEVT_IMAGE_TAG": "v7"}
     out = tmp_path / "p.yaml"
-    subprocess.run([sys.executable, "-c", f"from bevt_core.kube.pipeline_cli import compile_pipeline; "
-                    f"compile_pipeline({str(out)!r})"], env=env, check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-c", f"from pipelines.cli import compile_pipeline; compile_pipeline({str(out)!r})"],
+        env=env,
+        check=True,
+        cwd=tmp_path,
+    )
     spec = next(yaml.safe_load_all(out.read_text()))
     used = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
     assert used == {"registry.example.com/ml/bevt-cpu:v7", "registry.example.com/ml/bevt-cuda:v7"}
@@ -175,8 +213,9 @@ def test_bevt_pipeline_compile_command(tmp_path):
     from tests.conftest import bevt_cli
 
     out = tmp_path / "ir.yaml"
-    proc = subprocess.run([*bevt_cli(), "pipeline", "compile", "--output", str(out)], capture_output=True, text=True,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [*bevt_cli(), "pipeline", "compile", "--output", str(out)], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"pipeline compile: wrote {out}" in proc.stdout
     assert next(yaml.safe_load_all(out.read_text()))["pipelineInfo"]["name"] == "bevt"

@@ -17,7 +17,6 @@ import pytest
 import torch
 import yaml
 
-
 pytestmark = pytest.mark.slow
 
 
@@ -33,23 +32,53 @@ def test_run_local_whole_pipeline(samples, tmp_path, cli_env):
         "images": subset(samples.images_list, tmp_path / "images.txt", 24),  # tiny: 16 per image step
         # Whole lists: train and val must hold the same classes (evaluate refuses a class mismatch).
         "finetune_tasks": [
-            {"run_label": "scene", "train_list": str(scene.train_list), "val_list": str(scene.val_list),
-             "classes": str(scene.root / "classes.txt"), "preset": "k400-tiny", "frame_interval": 1},
-            {"run_label": "camera-motion", "train_list": str(motion.train_list), "val_list": str(motion.val_list),
-             "classes": str(motion.root / "classes.txt"), "preset": "ssv2-tiny", "frame_interval": 1}],
-        "videos_root": str(scene.root), "images_root": str(samples.images_root),
-        "recipe": "tiny", "tokenizer": "codebook", "views": 1, "crop": 64,
-        "codebook_size": 32, "short_side": 64, "pretrain_frame_interval": 2,
-        "max_steps": 2, "procs_per_node": 2, "finetune_procs_per_node": 2, "workers": 0, "tracking_uri": "none"}
+            {
+                "run_label": "scene",
+                "train_list": str(scene.train_list),
+                "val_list": str(scene.val_list),
+                "classes": str(scene.root / "classes.txt"),
+                "preset": "k400-tiny",
+                "frame_interval": 1,
+            },
+            {
+                "run_label": "camera-motion",
+                "train_list": str(motion.train_list),
+                "val_list": str(motion.val_list),
+                "classes": str(motion.root / "classes.txt"),
+                "preset": "ssv2-tiny",
+                "frame_interval": 1,
+            },
+        ],
+        "videos_root": str(scene.root),
+        "images_root": str(samples.images_root),
+        "recipe": "tiny",
+        "tokenizer": "codebook",
+        "views": 1,
+        "crop": 64,
+        "codebook_size": 32,
+        "short_side": 64,
+        "pretrain_frame_interval": 2,
+        "max_steps": 2,
+        "procs_per_node": 2,
+        "finetune_procs_per_node": 2,
+        "workers": 0,
+        "tracking_uri": "none",
+    }
     config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({"action": "run-local", "params": params,
-                                      "pipeline_root": str(tmp_path / "root"), "caching": False}))
+    config.write_text(
+        yaml.safe_dump(
+            {"action": "run-local", "params": params, "pipeline_root": str(tmp_path / "root"), "caching": False}
+        )
+    )
     env = cli_env | {"PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "1"}  # the local runner must not reach out
-    # What `bevt pipeline run-local --config FILE` runs (bevt_core.kube.pipeline_cli), in its own process.
-    code = ("import sys; from bevt_core.config import from_dict, load_yaml; from bevt_core.kube import pipeline_cli as p; "
-            "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())")
-    proc = subprocess.run([sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True,
-                          timeout=1800)
+    # What `bevt pipeline run-local --config FILE` runs (pipelines.cli), in its own process.
+    code = (
+        "import sys; from bevt_core.config import from_dict, load_yaml; from pipelines import cli as p; "
+        "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     assert "pipeline run-local: finished" in proc.stdout
 

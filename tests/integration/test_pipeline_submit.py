@@ -16,13 +16,26 @@ import pytest
 import yaml
 
 from bevt_core.config import from_dict
-from bevt_core.kube import pipeline_cli
+from pipelines import cli as pipeline_cli
 
-PARAMS = {"pretrain_videos": "s3://b/k400/pt.txt", "images": "s3://b/in1k/list.txt",
-          "finetune_tasks": [{"run_label": "k400", "train_list": "s3://b/k400/train.txt", "val_list": "s3://b/k400/val.txt"},
-                             {"run_label": "ssv2", "train_list": "s3://b/ssv2/train.txt", "val_list": "s3://b/ssv2/val.txt",
-                              "preset": "ssv2-swin-b", "frame_interval": 1, "register_as": "bevt-ssv2"}],
-          "nodes": 4, "gpus_per_node": 8, "tracking_uri": "http://bevt-mlflow:5000"}
+PARAMS = {
+    "pretrain_videos": "s3://b/k400/pt.txt",
+    "images": "s3://b/in1k/list.txt",
+    "finetune_tasks": [
+        {"run_label": "k400", "train_list": "s3://b/k400/train.txt", "val_list": "s3://b/k400/val.txt"},
+        {
+            "run_label": "ssv2",
+            "train_list": "s3://b/ssv2/train.txt",
+            "val_list": "s3://b/ssv2/val.txt",
+            "preset": "ssv2-swin-b",
+            "frame_interval": 1,
+            "register_as": "bevt-ssv2",
+        },
+    ],
+    "nodes": 4,
+    "gpus_per_node": 8,
+    "tracking_uri": "http://bevt-mlflow:5000",
+}
 
 
 class FakeKfp:
@@ -70,10 +83,20 @@ def kfp_api():
 
 
 def submit(fake: FakeKfp, **kw) -> pipeline_cli.PipelineResult:
-    cfg = from_dict(pipeline_cli.PipelineConfig, {"action": "submit", "host": fake.host, "params": PARAMS,
-                                                  "namespace": "team-ml", "experiment": "bevt-k400",
-                                                  "run_name": "k400-b", "service_account": "bevt-launcher",
-                                                  "pipeline_root": "s3://bevt/kfp"} | kw)
+    cfg = from_dict(
+        pipeline_cli.PipelineConfig,
+        {
+            "action": "submit",
+            "host": fake.host,
+            "params": PARAMS,
+            "namespace": "team-ml",
+            "experiment": "bevt-k400",
+            "run_name": "k400-b",
+            "service_account": "bevt-launcher",
+            "pipeline_root": "s3://bevt/kfp",
+        }
+        | kw,
+    )
     return pipeline_cli.run(cfg)
 
 
@@ -119,5 +142,9 @@ def test_submit_with_a_session_cookie(kfp_api, monkeypatch):
     for _, _, headers, _ in kfp_api.requests:
         assert headers["cookie"] == "authservice_session=abc123" and "authorization" not in headers
     spec = kfp_api.requests[-1][3]["pipeline_spec"]["pipeline_spec"]
-    assert all(t["cachingOptions"]["enableCache"] is True for dag in pipeline_cli.pipeline_dags(spec) for t in dag["tasks"].values()
-               if "parameterIterator" not in t)
+    assert all(
+        t["cachingOptions"]["enableCache"] is True
+        for dag in pipeline_cli.pipeline_dags(spec)
+        for t in dag["tasks"].values()
+        if "parameterIterator" not in t
+    )

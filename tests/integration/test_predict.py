@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
+from bevt_core.loading.clips import clip_stream
+from bevt_core.loading.streams import loader
 from bevt_core.serving.predictor import Predictor
-from bevt_core.stages.finetune import clip_stream
 from bevt_core.train import evaluation
-from bevt_core.train.streams import loader
 from tests.conftest import bevt_cli
 from tests.integration.conftest import MODEL_NAME
 from tests.services import free_port, stop_group
@@ -37,8 +37,12 @@ def predictor(scene_model) -> Predictor:
 
 def predict_cli(video: Path, model_args: list[str], env: dict, tmp_path: Path, top_k: int = 3) -> dict:
     out = tmp_path / f"{video.stem}.json"
-    proc = subprocess.run(bevt_cli() + ["predict", str(video), *model_args, "--top-k", str(top_k),
-                                        "--result-json", str(out)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        bevt_cli() + ["predict", str(video), *model_args, "--top-k", str(top_k), "--result-json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(proc.stdout)
     assert "1. " in proc.stdout
@@ -53,7 +57,7 @@ def test_predict_reproduces_evaluation_on_held_out_clips(scene_model, predictor,
     for video, label in scene_model.videos:
         probs[video] = predictor.probabilities(str(video))
         confusion[label][int(probs[video].argmax())] += 1
-    shards = clip_stream(str(scene_model.val), predictor.recipe.clip, False, 1, 0, 1, 0)
+    shards = clip_stream(str(scene_model.val), predictor.preprocessing.clip, False, 1, 0, 1, 0)
     from_shards, _ = evaluation.predict(predictor.model, loader(shards, 0), predictor.device)
     torch.testing.assert_close(torch.stack(list(probs.values())), from_shards, rtol=0, atol=1e-6)
     evaluated = json.loads(scene_model.metrics.read_text())
@@ -84,8 +88,13 @@ def test_predict_from_the_registry(scene_model, predictor, mlflow_server, tmp_pa
     assert name == MODEL_NAME
     mv = client.get_model_version(name, version)
     assert mv.run_id == scene_model.finetune_run and mv.status == "READY"
-    model = Path(mlflow.artifacts.download_artifacts(artifact_uri=client.get_model_version_download_uri(name, version),
-                                                     tracking_uri=mlflow_server.uri, dst_path=str(tmp_path / "model")))
+    model = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(name, version),
+            tracking_uri=mlflow_server.uri,
+            dst_path=str(tmp_path / "model"),
+        )
+    )
     mlmodel = yaml.safe_load((model / "MLmodel").read_text())
     assert json.loads(mlmodel["signature"]["inputs"]) == [{"type": "string", "name": "video", "required": True}]
     assert [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])] == ["video", "rank", "class", "probability"]
@@ -103,12 +112,24 @@ def test_predict_from_the_registry(scene_model, predictor, mlflow_server, tmp_pa
 def test_mlflow_models_serve(scene_model, predictor, mlflow_server, tmp_path, cli_env):
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", scene_model.uri,
-           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        scene_model.uri,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     # It starts `uvicorn` from PATH, as from an activated venv.
     env = cli_env | mlflow_server.env() | {"PATH": f"{Path(sys.executable).parent}:{cli_env['PATH']}"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
@@ -129,8 +150,9 @@ def test_mlflow_models_serve(scene_model, predictor, mlflow_server, tmp_path, cl
             rows = json.loads(r.read())["predictions"]
         missing = json.dumps({"dataframe_records": [{"video": str(tmp_path / "nope.mp4")}]}).encode()
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(url + "/invocations", missing,
-                                                          {"Content-Type": "application/json"}), timeout=60)
+            urllib.request.urlopen(
+                urllib.request.Request(url + "/invocations", missing, {"Content-Type": "application/json"}), timeout=60
+            )
         assert refused.value.code == 400
         assert "video: " in (error := json.loads(refused.value.read())["message"]) and "does not exist" in error
     finally:
@@ -142,8 +164,9 @@ def test_mlflow_models_serve(scene_model, predictor, mlflow_server, tmp_path, cl
         expected = predictor.probabilities(str(video)).topk(3)
         got = [row for row in rows if row["video"] == str(video)]
         assert [row["class"] for row in got] == [predictor.classes[i] for i in expected.indices.tolist()]
-        torch.testing.assert_close(torch.tensor([row["probability"] for row in got], dtype=torch.float32),
-                                   expected.values, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor([row["probability"] for row in got], dtype=torch.float32), expected.values, rtol=0, atol=1e-6
+        )
 
 
 def test_predict_errors_name_the_problem(scene_model, samples, mlflow_server, tmp_path, capsys, cli_env):
@@ -167,8 +190,12 @@ def test_predict_errors_name_the_problem(scene_model, samples, mlflow_server, tm
         print(err.strip())
         assert exit.value.code == 2 and f"bevt predict: error: {field}" in err and message in err, err
     # A model the registry does not hold, from a separate process like a user's.
-    proc = subprocess.run(bevt_cli() + ["predict", video, "--model", f"models:/{MODEL_NAME}/99"],
-                          capture_output=True, text=True, env=cli_env | mlflow_server.env())
+    proc = subprocess.run(
+        bevt_cli() + ["predict", video, "--model", f"models:/{MODEL_NAME}/99"],
+        capture_output=True,
+        text=True,
+        env=cli_env | mlflow_server.env(),
+    )
     print(proc.stderr.strip())
     assert proc.returncode == 2 and "error: model: cannot load models:/" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr

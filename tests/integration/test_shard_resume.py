@@ -13,9 +13,24 @@ from tests.services import kill_mid_job
 
 def shard_cmd(samples, out: Path) -> list[str]:
     task = samples.camera_motion
-    return bevt_cli() + ["shard", "--input", str(task.train_list), "--root", str(task.root),
-                         "--classes", str(task.root / "classes.txt"), "--output", str(out),
-                         "--samples-per-shard", "3", "--short-side", "64", "--workers", "1", "--no-progress"]
+    return bevt_cli() + [
+        "shard",
+        "--input",
+        str(task.train_list),
+        "--root",
+        str(task.root),
+        "--classes",
+        str(task.root / "classes.txt"),
+        "--output",
+        str(out),
+        "--samples-per-shard",
+        "3",
+        "--short-side",
+        "64",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
 
 
 def tars(out: Path) -> dict[str, bytes]:

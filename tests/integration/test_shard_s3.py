@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from bevt_core.data import storage
+from bevt_core import storage
 from bevt_core.data.loader import ShardStream
 from bevt_core.data.manifest import load_manifest
 from bevt_core.stages.shard import ShardConfig, run
@@ -25,8 +25,15 @@ def upload_task(task, prefix: str, limit: int = 6) -> str:
 
 def test_s3_round_trip_equals_local(samples, s3, tmp_path):
     src = upload_task(samples.scene, "s3://bevt-test/rt")
-    cfg = dict(input=f"{src}/train.txt", classes=f"{src}/classes.txt", frame_interval=4, short_side=48,
-               samples_per_shard=4, progress=False, max_reject_rate=0.5)
+    cfg = dict(
+        input=f"{src}/train.txt",
+        classes=f"{src}/classes.txt",
+        frame_interval=4,
+        short_side=48,
+        samples_per_shard=4,
+        progress=False,
+        max_reject_rate=0.5,
+    )
     remote = run(ShardConfig(output="s3://bevt-test/rt/shards", **cfg))
     assert remote.ok == 6 and remote.rejects_by_reason == {"missing": 1}
     assert storage.exists("s3://bevt-test/rt/shards/manifest.parquet")
@@ -34,8 +41,13 @@ def test_s3_round_trip_equals_local(samples, s3, tmp_path):
     local_dir = tmp_path / "local"
     lines = storage.read_bytes(f"{src}/train.txt").decode().splitlines()
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
-    run(ShardConfig(**{**cfg, "input": str(tmp_path / "train.txt"), "classes": str(samples.scene.root / "classes.txt")},
-                    root=str(samples.scene.root), output=str(local_dir)))
+    run(
+        ShardConfig(
+            **{**cfg, "input": str(tmp_path / "train.txt"), "classes": str(samples.scene.root / "classes.txt")},
+            root=str(samples.scene.root),
+            output=str(local_dir),
+        )
+    )
     for shard in ("shard-000000.tar", "shard-000001.tar"):
         assert storage.read_bytes(f"s3://bevt-test/rt/shards/{shard}") == (local_dir / shard).read_bytes()
 
@@ -59,11 +71,23 @@ def test_s3_kill_and_resume_via_cli(samples, s3, tmp_path, cli_env):
 
     src = upload_task(samples.scene, "s3://bevt-test/resume", limit=12)
     env = {**cli_env, **s3.env()}
-    cmd = bevt_cli() + ["shard", "--input", f"{src}/train.txt", "--output", "s3://bevt-test/resume/out",
-                        "--samples-per-shard", "2", "--short-side", "48", "--workers", "1", "--no-progress",
-                        "--max-reject-rate", "0.2"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = bevt_cli() + [
+        "shard",
+        "--input",
+        f"{src}/train.txt",
+        "--output",
+        "s3://bevt-test/resume/out",
+        "--samples-per-shard",
+        "2",
+        "--short-side",
+        "48",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--max-reject-rate",
+        "0.2",
+    ]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not storage.exists("s3://bevt-test/resume/out/_parts/shard-000001.parquet"):
         time.sleep(0.05)
@@ -79,8 +103,12 @@ def test_s3_kill_and_resume_via_cli(samples, s3, tmp_path, cli_env):
 def test_cli_reports_bad_credentials_in_one_line(samples, s3, cli_env):
     src = upload_task(samples.scene, "s3://bevt-test/creds-cli", limit=1)
     env = {**cli_env, **s3.env(), "AWS_SECRET_ACCESS_KEY": "wrong"}
-    proc = subprocess.run(bevt_cli() + ["shard", "--input", f"{src}/train.txt", "--output", "s3://bevt-test/x"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        bevt_cli() + ["shard", "--input", f"{src}/train.txt", "--output", "s3://bevt-test/x"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 1
     assert "object store access failed" in proc.stderr and "SignatureDoesNotMatch" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -100,8 +128,13 @@ def test_large_objects_go_up_in_parts_and_unfinished_uploads_stay_invisible(s3):
 
     # What a stage killed mid-upload leaves: an uncompleted multipart upload, which is no object.
     up = client.create_multipart_upload(Bucket="bevt-test", Key="big/out/shard-000000.tar")
-    client.upload_part(Bucket="bevt-test", Key="big/out/shard-000000.tar", UploadId=up["UploadId"], PartNumber=1,
-                       Body=data[: storage.MULTIPART_CHUNK])
+    client.upload_part(
+        Bucket="bevt-test",
+        Key="big/out/shard-000000.tar",
+        UploadId=up["UploadId"],
+        PartNumber=1,
+        Body=data[: storage.MULTIPART_CHUNK],
+    )
     assert not storage.exists("s3://bevt-test/big/out/shard-000000.tar")
     jobs.clean_leftovers("s3://bevt-test/big/out")
     assert client.list_multipart_uploads(Bucket="bevt-test", Prefix="big/out/").get("Uploads", []) == []

@@ -20,9 +20,14 @@ pytestmark = pytest.mark.slow
 
 def test_study_runs_every_arm_per_seed_and_tabulates(samples, tmp_path, cli_env):
     out = tmp_path / "study"
-    proc = subprocess.run(bevt_cli() + ["study", "--work-dir", str(out), "--seeds", "0", "1", "--max-steps", "2",
-                                        "--samples.profile", "ci"],
-                          env=cli_env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        bevt_cli()
+        + ["study", "--work-dir", str(out), "--seeds", "0", "1", "--max-steps", "2", "--samples.profile", "ci"],
+        env=cli_env | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
     cells = {(c["arm"], c["task"]): c for c in study["cells"]}

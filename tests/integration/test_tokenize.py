@@ -20,17 +20,18 @@ import torch
 from dall_e.encoder import Encoder
 from torch.utils.data import DataLoader
 
+from bevt_core import storage
 from bevt_core.config import ConfigError
-from bevt_core.data import storage
 from bevt_core.data.loader import read_sample
 from bevt_core.data.manifest import load_manifest
-from bevt_core.data.targets import TokenTargets, collate, load_tokens, normalize
+from bevt_core.data.token_format import load_tokens
 from bevt_core.data.views import Augment, sample_views
+from bevt_core.loading.targets import TokenTargets, collate, normalize, tokenizer_of
 from bevt_core.stages.shard import ShardConfig
 from bevt_core.stages.shard import run as shard
 from bevt_core.stages.tokenize import TokenizeConfig, run
-from tests.services import kill_mid_job
 from tests.conftest import bevt_cli
+from tests.services import kill_mid_job
 
 CROP, VIEWS = 48, 3
 
@@ -48,14 +49,40 @@ def inputs(samples, tmp_path_factory):
     task = samples.camera_motion
     videos = first_lines(task.train_list, 6, root / "videos.txt")
     images = first_lines(samples.images_list, 7, root / "images.txt")
-    shard(ShardConfig(input=str(videos), root=str(task.root), output=str(root / "video"), frame_interval=4,
-                      short_side=64, samples_per_shard=2, progress=False, workers=1))
-    shard(ShardConfig(input=str(images), root=str(samples.images_root), modality="image", output=str(root / "image"),
-                      short_side=64, samples_per_shard=3, progress=False, workers=1))
+    shard(
+        ShardConfig(
+            input=str(videos),
+            root=str(task.root),
+            output=str(root / "video"),
+            frame_interval=4,
+            short_side=64,
+            samples_per_shard=2,
+            progress=False,
+            workers=1,
+        )
+    )
+    shard(
+        ShardConfig(
+            input=str(images),
+            root=str(samples.images_root),
+            modality="image",
+            output=str(root / "image"),
+            short_side=64,
+            samples_per_shard=3,
+            progress=False,
+            workers=1,
+        )
+    )
     torch.manual_seed(0)
     torch.save(Encoder(n_hid=64, vocab_size=512), root / "encoder.pkl")
-    return {"root": root, "video": str(root / "video"), "image": str(root / "image"),
-            "weights": str(root / "encoder.pkl"), "videos_list": videos, "images_list": images}
+    return {
+        "root": root,
+        "video": str(root / "video"),
+        "image": str(root / "image"),
+        "weights": str(root / "encoder.pkl"),
+        "videos_list": videos,
+        "images_list": images,
+    }
 
 
 def tokenizer_args(kind: str, inputs: dict) -> dict:
@@ -68,7 +95,7 @@ def check_invariant(data: str, tokens: str, clip_len: int = 4, stride: int = 2, 
     """Stored targets == the tokenizer run online on the loader's replayed crops; returns ids checked."""
     stored = TokenTargets(data, tokens, clip_len=clip_len, frame_stride=stride, shuffle=True, seed=5)
     online = TokenTargets(data, tokens, clip_len=clip_len, frame_stride=stride, shuffle=True, seed=5, mode="online")
-    tok = online.tokens.tokenizer(device="cpu")
+    tok = tokenizer_of(online.tokens, device="cpu")
     checked = 0
     for s, o in zip(stored, online, strict=True):
         assert (s.key, s.view) == (o.key, o.view)  # same seed: the same draws
@@ -90,8 +117,11 @@ def check_invariant(data: str, tokens: str, clip_len: int = 4, stride: int = 2, 
 @pytest.mark.parametrize("modality", ["video", "image"])
 def test_online_tokens_equal_stored_tokens(inputs, tmp_path, kind, modality):
     out = str(tmp_path / "tokens")
-    result = run(TokenizeConfig(input=inputs[modality], output=out, views=VIEWS, crop=CROP, progress=False,
-                                **tokenizer_args(kind, inputs)))
+    result = run(
+        TokenizeConfig(
+            input=inputs[modality], output=out, views=VIEWS, crop=CROP, progress=False, **tokenizer_args(kind, inputs)
+        )
+    )
     n = len(load_manifest(inputs[modality]))
     assert result.samples == n and result.resumed_shards == 0
     assert result.frames == VIEWS * (n * 8 if modality == "video" else n)
@@ -100,16 +130,23 @@ def test_online_tokens_equal_stored_tokens(inputs, tmp_path, kind, modality):
 
 def test_short_videos_wrap_around_like_sample_frames(inputs, tmp_path):
     out = str(tmp_path / "tokens")
-    run(TokenizeConfig(input=inputs["video"], output=out, views=2, crop=CROP, progress=False,
-                       **tokenizer_args("codebook", inputs)))
+    run(
+        TokenizeConfig(
+            input=inputs["video"], output=out, views=2, crop=CROP, progress=False, **tokenizer_args("codebook", inputs)
+        )
+    )
     assert check_invariant(inputs["video"], out, clip_len=5, stride=3) > 0  # 15-frame span over 8 stored frames
     ds = TokenTargets(inputs["video"], out, clip_len=5, frame_stride=3, seed=1)
     tokens = load_tokens(out)
     for s in ds:
         stored = np.load(io.BytesIO(_member(out, tokens.by_key[s.key], "tokens.npy")))
         views = tokens.by_key[s.key]["views"]
-        matches = [v for v in range(views)
-                   for start in range(8) if np.array_equal(stored[v, (start + np.arange(5) * 3) % 8], s.target)]
+        matches = [
+            v
+            for v in range(views)
+            for start in range(8)
+            if np.array_equal(stored[v, (start + np.arange(5) * 3) % 8], s.target)
+        ]
         assert matches, f"{s.key}: target is not a wrapped window of a stored view"
 
 
@@ -121,8 +158,17 @@ def _member(root: str, row: dict, ext: str) -> bytes:
 
 def test_token_shards_mirror_the_data_shards(inputs, tmp_path):
     out = tmp_path / "tokens"
-    run(TokenizeConfig(input=inputs["video"], output=str(out), views=VIEWS, crop=CROP, seed=3, progress=False,
-                       **tokenizer_args("codebook", inputs)))
+    run(
+        TokenizeConfig(
+            input=inputs["video"],
+            output=str(out),
+            views=VIEWS,
+            crop=CROP,
+            seed=3,
+            progress=False,
+            **tokenizer_args("codebook", inputs),
+        )
+    )
     data = load_manifest(inputs["video"])
     tokens = load_tokens(str(out))
     assert sorted(p.name for p in out.glob("*.tar")) == sorted({r["shard"] for r in data.rows})
@@ -141,22 +187,36 @@ def test_token_shards_mirror_the_data_shards(inputs, tmp_path):
         assert ids.max() < 32
         views = json.loads(_member(str(out), tokens.by_key[row["key"]], "views.json"))
         # Anyone can recompute the views from (seed, key, index) and the stored frame size.
-        assert views == [v.to_dict() | {"jitter": []} for v in sample_views(
-            aug, row["key"], VIEWS, row["stored_height"], row["stored_width"], color=False)]
+        assert views == [
+            v.to_dict() | {"jitter": []}
+            for v in sample_views(aug, row["key"], VIEWS, row["stored_height"], row["stored_width"], color=False)
+        ]
     sample = read_sample(data, data.rows[0])
     assert len(sample.jpegs) == tokens.by_key[data.rows[0]["key"]]["frames"]
     # Fitting is deterministic from the seed: a second run makes the very same codebook and tokens.
     again = tmp_path / "again"
-    run(TokenizeConfig(input=inputs["video"], output=str(again), views=VIEWS, crop=CROP, seed=3, progress=False,
-                       **tokenizer_args("codebook", inputs)))
+    run(
+        TokenizeConfig(
+            input=inputs["video"],
+            output=str(again),
+            views=VIEWS,
+            crop=CROP,
+            seed=3,
+            progress=False,
+            **tokenizer_args("codebook", inputs),
+        )
+    )
     assert (again / "codebook.npz").read_bytes() == (out / "codebook.npz").read_bytes()
     assert all((again / p.name).read_bytes() == p.read_bytes() for p in out.glob("*.tar"))
 
 
 def test_loader_reads_each_sample_once_across_ranks_and_workers(inputs, tmp_path):
     out = str(tmp_path / "tokens")
-    run(TokenizeConfig(input=inputs["image"], output=out, views=2, crop=CROP, progress=False,
-                       **tokenizer_args("codebook", inputs)))
+    run(
+        TokenizeConfig(
+            input=inputs["image"], output=out, views=2, crop=CROP, progress=False, **tokenizer_args("codebook", inputs)
+        )
+    )
     keys = []
     for rank in range(2):
         ds = TokenTargets(inputs["image"], out, shuffle=True, seed=2, rank=rank, world_size=2)
@@ -168,8 +228,11 @@ def test_loader_reads_each_sample_once_across_ranks_and_workers(inputs, tmp_path
 
 def test_loader_refuses_tokens_of_other_data(inputs, tmp_path):
     out = str(tmp_path / "tokens")
-    run(TokenizeConfig(input=inputs["image"], output=out, views=1, crop=CROP, progress=False,
-                       **tokenizer_args("codebook", inputs)))
+    run(
+        TokenizeConfig(
+            input=inputs["image"], output=out, views=1, crop=CROP, progress=False, **tokenizer_args("codebook", inputs)
+        )
+    )
     with pytest.raises(ValueError, match="has no tokens for 6 samples"):
         TokenTargets(inputs["video"], out)
     with pytest.raises(FileNotFoundError, match="not a token directory"):
@@ -178,11 +241,30 @@ def test_loader_refuses_tokens_of_other_data(inputs, tmp_path):
 
 def test_from_and_to_s3(inputs, s3, tmp_path, samples):
     prefix = "s3://bevt-test/tokenize"
-    shard(ShardConfig(input=str(inputs["videos_list"]), root=str(samples.camera_motion.root),
-                      output=f"{prefix}/video", frame_interval=4, short_side=64, samples_per_shard=2, progress=False,
-                      workers=1))
-    shard(ShardConfig(input=str(inputs["images_list"]), root=str(samples.images_root), modality="image",
-                      output=f"{prefix}/image", short_side=64, samples_per_shard=3, progress=False, workers=1))
+    shard(
+        ShardConfig(
+            input=str(inputs["videos_list"]),
+            root=str(samples.camera_motion.root),
+            output=f"{prefix}/video",
+            frame_interval=4,
+            short_side=64,
+            samples_per_shard=2,
+            progress=False,
+            workers=1,
+        )
+    )
+    shard(
+        ShardConfig(
+            input=str(inputs["images_list"]),
+            root=str(samples.images_root),
+            modality="image",
+            output=f"{prefix}/image",
+            short_side=64,
+            samples_per_shard=3,
+            progress=False,
+            workers=1,
+        )
+    )
     weights = f"{prefix}/encoder.pkl"
     storage.write_bytes(weights, Path(inputs["weights"]).read_bytes())
     digest = hashlib.sha256(Path(inputs["weights"]).read_bytes()).hexdigest()
@@ -197,22 +279,52 @@ def test_from_and_to_s3(inputs, s3, tmp_path, samples):
         for tar in sorted(local.glob("*.tar")):
             assert storage.read_bytes(f"{out}/{tar.name}") == tar.read_bytes()
     with pytest.raises(ConfigError, match="^sha256: .* not the pinned"):
-        run(TokenizeConfig(input=f"{prefix}/image", output=str(tmp_path / "x"), weights=weights, sha256="a" * 64,
-                           progress=False))
+        run(
+            TokenizeConfig(
+                input=f"{prefix}/image", output=str(tmp_path / "x"), weights=weights, sha256="a" * 64, progress=False
+            )
+        )
 
 
 def tokenize_cmd(data: str, weights: str, out: Path) -> list[str]:
-    return bevt_cli() + ["tokenize", "--input", data, "--output", str(out), "--tokenizer", "dalle", "--weights",
-                         weights, "--views", "2", "--crop", "64", "--batch-size", "16", "--threads", "1",
-                         "--no-progress"]
+    return bevt_cli() + [
+        "tokenize",
+        "--input",
+        data,
+        "--output",
+        str(out),
+        "--tokenizer",
+        "dalle",
+        "--weights",
+        weights,
+        "--views",
+        "2",
+        "--crop",
+        "64",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(samples, inputs, tmp_path, cli_env):
     task = samples.camera_motion
     data = tmp_path / "data"
     listing = first_lines(task.train_list, 24, tmp_path / "list.txt")
-    shard(ShardConfig(input=str(listing), root=str(task.root), output=str(data), frame_interval=4,
-                      short_side=64, samples_per_shard=3, progress=False, workers=1))
+    shard(
+        ShardConfig(
+            input=str(listing),
+            root=str(task.root),
+            output=str(data),
+            frame_interval=4,
+            short_side=64,
+            samples_per_shard=3,
+            progress=False,
+            workers=1,
+        )
+    )
     ref = tmp_path / "ref"
     subprocess.run(tokenize_cmd(str(data), inputs["weights"], ref), check=True, capture_output=True, env=cli_env)
 
@@ -220,8 +332,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(samples, inputs, tmp_path, cli_
     finished = kill_mid_job(tokenize_cmd(str(data), inputs["weights"], out), out, cli_env)
     assert 2 <= finished < len(list((ref / "_parts").glob("shard-*.parquet")))
 
-    rerun = subprocess.run(tokenize_cmd(str(data), inputs["weights"], out), check=True, capture_output=True,
-                           text=True, env=cli_env)
+    rerun = subprocess.run(
+        tokenize_cmd(str(data), inputs["weights"], out), check=True, capture_output=True, text=True, env=cli_env
+    )
     assert "reused from an earlier run" in rerun.stdout
     assert not list(out.glob(".*.tmp-*")), "temporaries of the killed run are cleaned up"
     assert pq.read_table(out / "manifest.parquet").equals(pq.read_table(ref / "manifest.parquet"))
@@ -233,8 +346,15 @@ def test_sigkill_then_rerun_equals_uninterrupted(samples, inputs, tmp_path, cli_
 
 
 def test_changed_settings_or_weights_on_the_same_output_are_refused(inputs, tmp_path):
-    cfg = dict(input=inputs["image"], output=str(tmp_path / "out"), views=2, crop=CROP, progress=False,
-               tokenizer="dalle", weights=inputs["weights"])
+    cfg = dict(
+        input=inputs["image"],
+        output=str(tmp_path / "out"),
+        views=2,
+        crop=CROP,
+        progress=False,
+        tokenizer="dalle",
+        weights=inputs["weights"],
+    )
     run(TokenizeConfig(**cfg))
     with pytest.raises(ConfigError, match="^views:"):
         run(TokenizeConfig(**{**cfg, "views": 3}))
@@ -254,17 +374,23 @@ def test_cli_help_documents_every_option():
     assert "--print-config" in out and "Choices: dalle, codebook" in out
 
 
-@pytest.mark.parametrize("args, field", [
-    (["--tokenizer", "dalle"], "weights"),
-    (["--tokenizer", "codebook", "--crop", "100"], "crop"),
-    (["--tokenizer", "codebook", "--views", "0"], "views"),
-    (["--tokenizer", "codebook", "--precision", "fp8"], "precision"),
-    (["--tokenizer", "codebook", "--sha256", "xyz"], "sha256"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--tokenizer", "dalle"], "weights"),
+        (["--tokenizer", "codebook", "--crop", "100"], "crop"),
+        (["--tokenizer", "codebook", "--views", "0"], "views"),
+        (["--tokenizer", "codebook", "--precision", "fp8"], "precision"),
+        (["--tokenizer", "codebook", "--sha256", "xyz"], "sha256"),
+    ],
+)
 def test_cli_config_errors_name_the_field_before_any_work(tmp_path, inputs, args, field):
     out = tmp_path / "never"
-    proc = subprocess.run(bevt_cli() + ["tokenize", "--input", inputs["image"], "--output", str(out)] + args,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        bevt_cli() + ["tokenize", "--input", inputs["image"], "--output", str(out)] + args,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"bevt tokenize: error: {field}:"), proc.stderr
     assert not out.exists()
@@ -272,7 +398,19 @@ def test_cli_config_errors_name_the_field_before_any_work(tmp_path, inputs, args
 
 def test_cli_refuses_unsafe_weights(tmp_path, inputs):
     torch.save(torch.nn.Linear(2, 2), tmp_path / "linear.pkl")
-    proc = subprocess.run(bevt_cli() + ["tokenize", "--input", inputs["image"], "--output", str(tmp_path / "o"),
-                                        "--weights", str(tmp_path / "linear.pkl")], capture_output=True, text=True)
+    proc = subprocess.run(
+        bevt_cli()
+        + [
+            "tokenize",
+            "--input",
+            inputs["image"],
+            "--output",
+            str(tmp_path / "o"),
+            "--weights",
+            str(tmp_path / "linear.pkl"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "error: weights:" in proc.stderr and "not on the allow-list" in proc.stderr

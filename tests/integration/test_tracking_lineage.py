@@ -14,6 +14,7 @@ from tests.integration.conftest import PIPELINE_MODEL, PIPELINE_STEPS
 
 pytestmark = pytest.mark.slow
 
+
 def test_pipeline_lineage_on_a_tracking_server(tracked_pipeline, mlflow_server, s3_server, tmp_path):
     import mlflow
 
@@ -55,8 +56,10 @@ def test_pipeline_lineage_on_a_tracking_server(tracked_pipeline, mlflow_server, 
     assert image_tokens.data.tags["bevt.input.input"] == joint.data.tags["bevt.input.images"]
     assert image_tokens.data.tags["bevt.upstream.input"] == joint.data.tags["bevt.upstream.images"]
     assert upstream(image_tokens, "codebook") == "tokenize videos"  # the codebook fitted on the videos
-    assert (image_tokens.data.tags["bevt.input.input.manifest_sha256"]
-            == joint.data.tags["bevt.input.images.manifest_sha256"])
+    assert (
+        image_tokens.data.tags["bevt.input.input.manifest_sha256"]
+        == joint.data.tags["bevt.input.images.manifest_sha256"]
+    )
 
     # Params and metrics.
     assert joint.data.params["preset"] == "tiny" and joint.data.params["schedule.max_steps"] == "2"
@@ -81,8 +84,11 @@ def test_pipeline_lineage_on_a_tracking_server(tracked_pipeline, mlflow_server, 
         if r.info.run_name.startswith("tokenize"):
             assert {"tokenizer/codebook.npz", "tokenizer/tokenizer.json"} <= listed(r, "tokenizer")
     assert "report.html" in listed(parent)
-    keys = {o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(
-        Bucket="bevt-test", Prefix="mlflow/") for o in page.get("Contents", [])}
+    keys = {
+        o["Key"]
+        for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket="bevt-test", Prefix="mlflow/")
+        for o in page.get("Contents", [])
+    }
     assert any(k.endswith(f"{parent.info.run_id}/artifacts/report.html") for k in keys)
     assert any(k.endswith(f"{joint.info.run_id}/artifacts/plots/masked_prediction.png") for k in keys)
     report = client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path))

@@ -38,10 +38,29 @@ def data(samples, tmp_path_factory) -> Path:
     for name, task in (("scene", samples.scene), ("motion", samples.camera_motion)):
         sh(task.train_list, task.root, f"{name}_train", short_side=64)
         sh(task.val_list, task.root, f"{name}_val", short_side=64)
-    tokenize(TokenizeConfig(input=str(root / "pt_video"), output=str(root / "tok_video"), tokenizer="codebook",
-                            codebook_size=64, crop=64, views=2, fit_samples=16, progress=False))
-    tokenize(TokenizeConfig(input=str(root / "pt_image"), output=str(root / "tok_image"), tokenizer="codebook",
-                            codebook=str(root / "tok_video" / "codebook.npz"), crop=64, views=2, progress=False))
+    tokenize(
+        TokenizeConfig(
+            input=str(root / "pt_video"),
+            output=str(root / "tok_video"),
+            tokenizer="codebook",
+            codebook_size=64,
+            crop=64,
+            views=2,
+            fit_samples=16,
+            progress=False,
+        )
+    )
+    tokenize(
+        TokenizeConfig(
+            input=str(root / "pt_image"),
+            output=str(root / "tok_image"),
+            tokenizer="codebook",
+            codebook=str(root / "tok_video" / "codebook.npz"),
+            crop=64,
+            views=2,
+            progress=False,
+        )
+    )
     return root
 
 
@@ -50,16 +69,34 @@ def run_args(work: Path) -> dict:
 
 
 def test_tiny_chain(data, tmp_path):
-    image = pretrain_image.run(from_dict(pretrain_image.PretrainImageConfig, {
-        "preset": "tiny", "images": str(data / "pt_image"), "image_tokens": str(data / "tok_image"),
-        "run": run_args(tmp_path / "image")}))
+    image = pretrain_image.run(
+        from_dict(
+            pretrain_image.PretrainImageConfig,
+            {
+                "preset": "tiny",
+                "images": str(data / "pt_image"),
+                "image_tokens": str(data / "tok_image"),
+                "run": run_args(tmp_path / "image"),
+            },
+        )
+    )
     print(image.summary())
     assert not image.failed and image.last["loss"] < image.first["loss"] - 0.2, image.summary()
 
-    joint = pretrain_joint.run(from_dict(pretrain_joint.PretrainJointConfig, {
-        "preset": "tiny", "videos": str(data / "pt_video"), "video_tokens": str(data / "tok_video"),
-        "images": str(data / "pt_image"), "image_tokens": str(data / "tok_image"), "init": image.weights,
-        "run": run_args(tmp_path / "joint")}))
+    joint = pretrain_joint.run(
+        from_dict(
+            pretrain_joint.PretrainJointConfig,
+            {
+                "preset": "tiny",
+                "videos": str(data / "pt_video"),
+                "video_tokens": str(data / "tok_video"),
+                "images": str(data / "pt_image"),
+                "image_tokens": str(data / "tok_image"),
+                "init": image.weights,
+                "run": run_args(tmp_path / "joint"),
+            },
+        )
+    )
     print(joint.summary())
     assert not joint.failed and joint.last["loss_video"] < joint.first["loss_video"] - 0.1, joint.summary()
     # Initialised from the image stream: the image loss starts where pretrain-image ended, not at ln(64).
@@ -67,13 +104,31 @@ def test_tiny_chain(data, tmp_path):
 
     accuracy = {}
     for name, preset in (("scene", "k400-tiny"), ("motion", "ssv2-tiny")):
-        ft = finetune.run(from_dict(finetune.FinetuneConfig, {
-            "preset": preset, "train": str(data / f"{name}_train"), "val": str(data / f"{name}_val"),
-            "init": joint.weights, "run": run_args(tmp_path / name)}))
+        ft = finetune.run(
+            from_dict(
+                finetune.FinetuneConfig,
+                {
+                    "preset": preset,
+                    "train": str(data / f"{name}_train"),
+                    "val": str(data / f"{name}_val"),
+                    "init": joint.weights,
+                    "run": run_args(tmp_path / name),
+                },
+            )
+        )
         assert not ft.failed, ft.summary()
-        ev = evaluate.run(from_dict(evaluate.EvaluateConfig, {
-            "preset": preset, "weights": ft.weights, "data": str(data / f"{name}_val"),
-            "output": str(tmp_path / f"{name}_eval"), "workers": 0}))
+        ev = evaluate.run(
+            from_dict(
+                evaluate.EvaluateConfig,
+                {
+                    "preset": preset,
+                    "weights": ft.weights,
+                    "data": str(data / f"{name}_val"),
+                    "output": str(tmp_path / f"{name}_eval"),
+                    "workers": 0,
+                },
+            )
+        )
         metrics = json.loads((tmp_path / f"{name}_eval" / "metrics.json").read_text())
         assert (tmp_path / f"{name}_eval" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
         assert sum(map(sum, metrics["confusion"])) == ev.samples and metrics["top1"] == ev.top1
@@ -107,9 +162,18 @@ def test_camera_motion_is_learned_from_scratch(data, tmp_path):
     """Only motion carries the camera-motion label: clip j of every class shares the source, the time
     window and the crops' per-frame distribution, and val comes from other source videos. So the
     training loss can only fall by learning motion, and val accuracy above chance means it transfers."""
-    ft = finetune.run(from_dict(finetune.FinetuneConfig, {
-        "preset": "ssv2-tiny", "train": str(data / "motion_train"), "val": str(data / "motion_val"),
-        "run": run_args(tmp_path) | {"tracking_uri": "none"}}))
+    ft = finetune.run(
+        from_dict(
+            finetune.FinetuneConfig,
+            {
+                "preset": "ssv2-tiny",
+                "train": str(data / "motion_train"),
+                "val": str(data / "motion_val"),
+                "run": run_args(tmp_path),
+                "tracking": {"uri": "none"},
+            },
+        )
+    )
     print(ft.summary())
     assert not ft.failed and ft.last["loss"] < ft.first["loss"] - 0.4, ft.summary()
     assert ft.val["top1"] > ft.val["chance"] * 1.2, ft.summary()
@@ -121,9 +185,20 @@ def test_online_targets_train_exactly_like_stored_ones(data, tmp_path):
 
     results = {}
     for mode in ("stored", "online"):
-        r = pretrain_image.run(from_dict(pretrain_image.PretrainImageConfig, {
-            "preset": "tiny", "images": str(data / "pt_image"), "image_tokens": str(data / "tok_image"),
-            "targets": mode, "schedule": {"max_steps": 2}, "run": run_args(tmp_path / mode) | {"tracking_uri": "none"}}))
+        r = pretrain_image.run(
+            from_dict(
+                pretrain_image.PretrainImageConfig,
+                {
+                    "preset": "tiny",
+                    "images": str(data / "pt_image"),
+                    "image_tokens": str(data / "tok_image"),
+                    "targets": mode,
+                    "schedule": {"max_steps": 2},
+                    "run": run_args(tmp_path / mode),
+                    "tracking": {"uri": "none"},
+                },
+            )
+        )
         results[mode] = torch.load(r.weights, weights_only=True)["state_dict"]
     for k, v in results["stored"].items():
         torch.testing.assert_close(results["online"][k], v, rtol=0, atol=0)

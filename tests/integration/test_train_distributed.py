@@ -30,8 +30,17 @@ def scene(samples, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train-dist")
     lines = samples.scene.train_list.read_text().splitlines()
     (root / "train.txt").write_text("\n".join(lines[::2][:16]) + "\n")
-    shard(ShardConfig(input=str(root / "train.txt"), root=str(samples.scene.root), output=str(root / "train"),
-                      short_side=64, samples_per_shard=8, progress=False, workers=1))
+    shard(
+        ShardConfig(
+            input=str(root / "train.txt"),
+            root=str(samples.scene.root),
+            output=str(root / "train"),
+            short_side=64,
+            samples_per_shard=8,
+            progress=False,
+            workers=1,
+        )
+    )
     return root
 
 
@@ -41,9 +50,26 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def finetune_args(data: Path, work: Path, batch: int, *more: str) -> list[str]:
-    return ["finetune", "--preset", "k400-tiny", "--train", str(data / "train"), "--run.work-dir", str(work),
-            "--run.batch-size", str(batch), "--run.workers", "0", "--run.tracking-uri", "none",
-            "--model.head-dropout", "0", "--run.log-every", "1", *more]
+    return [
+        "finetune",
+        "--preset",
+        "k400-tiny",
+        "--train",
+        str(data / "train"),
+        "--run.work-dir",
+        str(work),
+        "--run.batch-size",
+        str(batch),
+        "--run.workers",
+        "0",
+        "--tracking.uri",
+        "none",
+        "--model.head-dropout",
+        "0",
+        "--run.log-every",
+        "1",
+        *more,
+    ]
 
 
 def weights(work: Path) -> dict[str, torch.Tensor]:
@@ -51,16 +77,40 @@ def weights(work: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_node_torchrun_ddp_equals_one_process(scene, tmp_path):
-    single = subprocess.run([*bevt_cli(), *finetune_args(scene, tmp_path / "one", 4, "--schedule.max-steps", "3")],
-                            env=env(), capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [*bevt_cli(), *finetune_args(scene, tmp_path / "one", 4, "--schedule.max-steps", "3")],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = str(free_port())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "-m", "bevt_core.cli",
-           *finetune_args(scene, tmp_path / "ddp", 2, "--schedule.max-steps", "3")]
-    nodes = [subprocess.Popen(cmd, env=env(PET_NNODES="2", PET_NPROC_PER_NODE="1", PET_NODE_RANK=str(i),
-                                           PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "-m",
+        "bevt_core.cli",
+        *finetune_args(scene, tmp_path / "ddp", 2, "--schedule.max-steps", "3"),
+    ]
+    nodes = [
+        subprocess.Popen(
+            cmd,
+            env=env(
+                PET_NNODES="2",
+                PET_NPROC_PER_NODE="1",
+                PET_NODE_RANK=str(i),
+                PET_MASTER_ADDR="127.0.0.1",
+                PET_MASTER_PORT=port,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [n.communicate(timeout=300)[0] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "step 3" in outs[0]
@@ -71,7 +121,7 @@ def test_two_node_torchrun_ddp_equals_one_process(scene, tmp_path):
     # zero (softmax ignores a constant added to every key), so AdamW turns rounding noise into tiny
     # steps that differ between the two layouts (1.5e-5 seen; the lr x steps bound is 6e-3).
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     # The comparison means something only if training moved the weights away from the (seeded) init.
     torch.manual_seed(0)
     init = build_model("recognizer-tiny", num_classes=11, num_frames=8, image_size=64).state_dict()
@@ -80,8 +130,13 @@ def test_two_node_torchrun_ddp_equals_one_process(scene, tmp_path):
 
 def test_sigkill_then_resume_auto_reaches_the_same_weights(scene, tmp_path):
     args = ("--schedule.max-steps", "8", "--run.checkpoint-every", "2")
-    full = subprocess.run([*bevt_cli(), *finetune_args(scene, tmp_path / "full", 4, *args)], env=env(),
-                          capture_output=True, text=True, timeout=300)
+    full = subprocess.run(
+        [*bevt_cli(), *finetune_args(scene, tmp_path / "full", 4, *args)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert full.returncode == 0, full.stderr[-3000:]
 
     work = tmp_path / "killed"
@@ -101,17 +156,27 @@ def test_sigkill_then_resume_auto_reaches_the_same_weights(scene, tmp_path):
     assert "resumed from" in resumed.stdout and "state-0000000" in resumed.stdout
     a, b = weights(tmp_path / "full"), weights(work)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "hangs"])
 def test_a_dead_or_hung_rank_makes_the_other_exit_within_the_timeout(scene, tmp_path, how):
     port = str(free_port())
     timeout = 15
-    cmd = [*bevt_cli(), *finetune_args(scene, tmp_path / "w", 2, "--schedule.epochs", "1000",
-                                       "--run.timeout-s", str(timeout))]
-    ranks = [subprocess.Popen(cmd, env=env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    cmd = [
+        *bevt_cli(),
+        *finetune_args(scene, tmp_path / "w", 2, "--schedule.epochs", "1000", "--run.timeout-s", str(timeout)),
+    ]
+    ranks = [
+        subprocess.Popen(
+            cmd,
+            env=env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     # Wait until rank 0 reports training steps: both ranks are inside the loop.
     seen = ""
     deadline = time.time() + 240

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bevt_core.data import storage
+from bevt_core import storage
 from bevt_core.train.state import CheckpointStore, Position, load_state
 
 
@@ -18,8 +18,14 @@ def test_checkpoints_on_s3_keep_last_and_restore(s3):
     for step in (1, 2, 3):
         model(torch.randn(3, 4)).sum().backward()
         opt.step()
-        store.save(model, opt, Position(step=step, micro=step, epoch=0, epoch_micro=step, samples=3 * step),
-                   None, None, {"k": step})
+        store.save(
+            model,
+            opt,
+            Position(step=step, micro=step, epoch=0, epoch_micro=step, samples=3 * step),
+            None,
+            None,
+            {"k": step},
+        )
     assert store.kept() == ["state-00000002.pt", "state-00000003.pt"]
     assert not storage.exists(store.path(1)) and storage.exists(store.path(3))
     expected = [p.detach().clone() for p in model.parameters()]

@@ -27,16 +27,19 @@ def test_from_dict_coerces_and_nests():
     assert cfg == Outer("x", 5, "a", True, ["a", "b"], Inner(0.5, (0.9, 0.999)))
 
 
-@pytest.mark.parametrize("data, field", [
-    ({}, "name"),
-    ({"name": "x", "steps": 0}, "steps"),
-    ({"name": "x", "steps": 1.5}, "steps"),
-    ({"name": "x", "mode": "c"}, "mode"),
-    ({"name": "x", "bogus": 1}, "bogus"),
-    ({"name": "x", "optim": {"lr": -1}}, "optim.lr"),
-    ({"name": "x", "optim": {"betas": [1]}}, "optim.betas"),
-    ({"name": "x", "flag": "maybe"}, "flag"),
-])
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({}, "name"),
+        ({"name": "x", "steps": 0}, "steps"),
+        ({"name": "x", "steps": 1.5}, "steps"),
+        ({"name": "x", "mode": "c"}, "mode"),
+        ({"name": "x", "bogus": 1}, "bogus"),
+        ({"name": "x", "optim": {"lr": -1}}, "optim.lr"),
+        ({"name": "x", "optim": {"betas": [1]}}, "optim.betas"),
+        ({"name": "x", "flag": "maybe"}, "flag"),
+    ],
+)
 def test_errors_name_the_field(data, field):
     with pytest.raises(C.ConfigError) as e:
         C.from_dict(Outer, data)

@@ -11,12 +11,18 @@ from bevt_core.config import ConfigError, from_dict
 from bevt_core.kube import kfp_io, step
 from bevt_core.kube import pytorchjob as pj
 from bevt_core.kube.launcher import local_env
-from bevt_core.kube.pipeline_cli import PipelineConfig
+from pipelines.cli import PipelineConfig
 
 
 def test_placement_becomes_a_valid_pytorchjob():
-    p = step.Placement(mode="kubernetes", nodes=4, gpus_per_node=8, namespace="ml", elastic_min_nodes=2,
-                       node_selector=(("pool", "h100"),))
+    p = step.Placement(
+        mode="kubernetes",
+        nodes=4,
+        gpus_per_node=8,
+        namespace="ml",
+        elastic_min_nodes=2,
+        node_selector=(("pool", "h100"),),
+    )
     spec = step.job_spec("pretrain-joint", pj.entrypoint("pretrain-joint", "s3://b/c.yaml"), p)
     job = pj.manifest(spec)
     assert job["metadata"]["name"].startswith("bevt-pretrain-joint-") and job["metadata"]["namespace"] == "ml"
@@ -30,8 +36,13 @@ def test_placement_becomes_a_valid_pytorchjob():
     cpu = pj.manifest(step.job_spec("finetune", (), step.Placement(mode="kubernetes", procs_per_node=4)))
     cpu_pod = cpu["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert "nodeSelector" not in cpu_pod and "tolerations" not in cpu_pod and cpu["spec"]["nprocPerNode"] == "4"
-    env = pj.replica_env(job, "Worker", 2, secrets={"bevt-s3": {"access-key": "a", "secret-key": "s"}},
-                         config_maps={"bevt-env": {"AWS_ENDPOINT_URL": "http://s3:8333"}})
+    env = pj.replica_env(
+        job,
+        "Worker",
+        2,
+        secrets={"bevt-s3": {"access-key": "a", "secret-key": "s"}},
+        config_maps={"bevt-env": {"AWS_ENDPOINT_URL": "http://s3:8333"}},
+    )
     assert env["AWS_ENDPOINT_URL"] == "http://s3:8333" and env["RANK"] == "3" and env["WORLD_SIZE"] == "32"
     assert env["PET_NNODES"] == "2:4"
     with pytest.raises(ValueError, match="configMapRef bevt-env not given"):
@@ -40,9 +51,14 @@ def test_placement_becomes_a_valid_pytorchjob():
     assert step.job_spec("finetune", (), p).name != step.job_spec("finetune", (), p).name
 
 
-@pytest.mark.parametrize("kw, message", [({"mode": "slurm"}, "mode: must be one of local, kubernetes"),
-                                         ({"nodes": 0}, "nodes and procs_per_node must be >= 1"),
-                                         ({"nodes": 2, "elastic_min_nodes": 3}, "elastic_min_nodes: must be <= nodes")])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"mode": "slurm"}, "mode: must be one of local, kubernetes"),
+        ({"nodes": 0}, "nodes and procs_per_node must be >= 1"),
+        ({"nodes": 2, "elastic_min_nodes": 3}, "elastic_min_nodes: must be <= nodes"),
+    ],
+)
 def test_placement_checks(kw, message):
     with pytest.raises(ValueError, match=message):
         step.Placement(**kw)
@@ -50,15 +66,23 @@ def test_placement_checks(kw, message):
 
 def test_a_bad_stage_config_fails_before_any_job_or_file(tmp_path):
     with pytest.raises(ConfigError, match="preset: must be one of"):
-        step.run_stage("finetune", {"train": str(tmp_path / "t"), "preset": "k400-huge",
-                                    "run": {"work_dir": str(tmp_path / "w")}}, step.Placement(mode="kubernetes"))
+        step.run_stage(
+            "finetune",
+            {"train": str(tmp_path / "t"), "preset": "k400-huge", "run": {"work_dir": str(tmp_path / "w")}},
+            step.Placement(mode="kubernetes"),
+        )
     assert not (tmp_path / "w").exists()
 
 
 def test_local_env_is_a_one_node_job_on_loopback():
     env = local_env(3, port=29999)
-    assert env == {"PET_NNODES": "1", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "3",
-                   "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": "29999"}
+    assert env == {
+        "PET_NNODES": "1",
+        "PET_NODE_RANK": "0",
+        "PET_NPROC_PER_NODE": "3",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": "29999",
+    }
 
 
 class FakeArtifact(SimpleNamespace):
@@ -67,8 +91,11 @@ class FakeArtifact(SimpleNamespace):
 
 
 def test_artifact_locations():
-    a = FakeArtifact(path="/minio/mlpipeline/v2/a/model", uri="minio://mlpipeline/v2/a/model",
-                     metadata={kfp_io.WEIGHTS: "bevt_pretrain.pt"})
+    a = FakeArtifact(
+        path="/minio/mlpipeline/v2/a/model",
+        uri="minio://mlpipeline/v2/a/model",
+        metadata={kfp_io.WEIGHTS: "bevt_pretrain.pt"},
+    )
     assert kfp_io.location(a) == "/minio/mlpipeline/v2/a/model"
     assert kfp_io.location(a, "kubernetes") == "s3://mlpipeline/v2/a/model"
     assert kfp_io.weights(a, "kubernetes") == "s3://mlpipeline/v2/a/model/bevt_pretrain.pt"
@@ -85,43 +112,76 @@ def test_publish_logs_numbers_writes_the_report_and_fails_on_failure(tmp_path):
     assert metrics.metadata == {"steps": 3.0, "last_loss": 1.5}
     # The metrics are in the artifact's file too: the local runner's cache needs every output to exist.
     assert json.loads((tmp_path / "metrics").read_text()) == metrics.metadata
-    assert (tmp_path / "r.md").read_text().startswith("## finetune\n") and "weights: w.pt" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.md").read_text().startswith("## finetune\n") and "weights: w.pt" in (
+        tmp_path / "r.md"
+    ).read_text()
     page = FakeArtifact(path=str(tmp_path / "r.html"), schema_title="system.HTML")
     with pytest.raises(RuntimeError, match="shard failed: 9 of 10 inputs rejected"):
-        kfp_io.publish({"ok": 1, "failed": "9 of 10 inputs rejected"},
-                       FakeArtifact(path=str(tmp_path / "m2"), metadata={}), page, "shard")
+        kfp_io.publish(
+            {"ok": 1, "failed": "9 of 10 inputs rejected"},
+            FakeArtifact(path=str(tmp_path / "m2"), metadata={}),
+            page,
+            "shard",
+        )
     assert (tmp_path / "r.html").read_text().startswith("<h2>shard</h2><pre>")
 
 
 TASKS = [{"run_label": "t", "train_list": "c", "val_list": "d"}]
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"action": "deploy"}, "action: must be one of compile, submit, run-local"),
-    ({"action": "submit", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS}},
-     "host: required for submit"),
-    ({"action": "run-local"}, "params: required for run-local"),
-    ({"action": "run-local", "params": {"images": "b"}}, "params.pretrain_videos: is required"),
-    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS,
-                                        "distributed_mode": "mpi"}}, "params.distributed_mode: must be one of"),
-    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": []}},
-     "params.finetune_tasks: give at least one task"),
-    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS * 2}},
-     "params.finetune_tasks: run_label must differ between tasks"),
-    ({"action": "run-local", "params": {"pretrain_videos": "a", "images": "b",
-                                        "finetune_tasks": [{"run_label": "t", "train_list": "c"}]}},
-     r"params.finetune_tasks.val_list: is required"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"action": "deploy"}, "action: must be one of compile, submit, run-local"),
+        (
+            {"action": "submit", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS}},
+            "host: required for submit",
+        ),
+        ({"action": "run-local"}, "params: required for run-local"),
+        ({"action": "run-local", "params": {"images": "b"}}, "params.pretrain_videos: is required"),
+        (
+            {
+                "action": "run-local",
+                "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS, "distributed_mode": "mpi"},
+            },
+            "params.distributed_mode: must be one of",
+        ),
+        (
+            {"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": []}},
+            "params.finetune_tasks: give at least one task",
+        ),
+        (
+            {"action": "run-local", "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS * 2}},
+            "params.finetune_tasks: run_label must differ between tasks",
+        ),
+        (
+            {
+                "action": "run-local",
+                "params": {
+                    "pretrain_videos": "a",
+                    "images": "b",
+                    "finetune_tasks": [{"run_label": "t", "train_list": "c"}],
+                },
+            },
+            r"params.finetune_tasks.val_list: is required",
+        ),
+    ],
+)
 def test_pipeline_command_config_errors_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(PipelineConfig, data)
 
 
 def test_pipeline_arguments_are_the_params():
-    from bevt_core.kube.pipeline_cli import arguments
+    from pipelines.cli import arguments
 
-    cfg = from_dict(PipelineConfig, {"action": "run-local", "params": {
-        "pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS, "recipe": "tiny", "nodes": 2}})
+    cfg = from_dict(
+        PipelineConfig,
+        {
+            "action": "run-local",
+            "params": {"pretrain_videos": "a", "images": "b", "finetune_tasks": TASKS, "recipe": "tiny", "nodes": 2},
+        },
+    )
     args = arguments(cfg.params)
     assert args["recipe"] == "tiny" and args["nodes"] == 2 and args["gpus_per_node"] == 8
     assert json.loads(json.dumps(args)) == args  # plain values only: what kfp.Client sends

@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-from bevt_core import lineage
+from bevt_core.tracking import lineage
 
 
 def test_every_declared_input_is_a_field_of_its_stage_config():
@@ -43,7 +43,7 @@ def test_git_revision_from_the_environment_or_the_checkout(monkeypatch):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_tags_trace_inputs_to_their_producers(where, tmp_path, request):
-    from bevt_core.data import storage
+    from bevt_core import storage
 
     if where == "s3":
         request.getfixturevalue("s3")
@@ -56,14 +56,16 @@ def test_tags_trace_inputs_to_their_producers(where, tmp_path, request):
     storage.write_bytes(storage.join(model, "recognizer.pt"), b"weights")
     lineage.write_record(model, lineage.Record("run-finetune", "finetune"))
 
-    tags = lineage.stage_tags("evaluate", {"weights": storage.join(model, "recognizer.pt"), "data": data,
-                                           "output": "out"})
+    tags = lineage.stage_tags(
+        "evaluate", {"weights": storage.join(model, "recognizer.pt"), "data": data, "output": "out"}
+    )
     assert tags["bevt.input.data.manifest_sha256"] == hashlib.sha256(b"manifest bytes").hexdigest()
     assert tags["bevt.upstream.data"] == "run-shard" and tags["bevt.upstream.weights"] == "run-finetune"
     assert tags["bevt.upstream_run_ids"] == "run-finetune,run-shard"
     assert tags["bevt.stage"] == "evaluate" and tags["bevt.image"].endswith("/bevt-cuda:0.1.0")
-    assert tags["bevt.config_sha256"] == lineage.config_sha256({"weights": storage.join(model, "recognizer.pt"),
-                                                                "data": data, "output": "out"})
+    assert tags["bevt.config_sha256"] == lineage.config_sha256(
+        {"weights": storage.join(model, "recognizer.pt"), "data": data, "output": "out"}
+    )
     # An input nobody recorded (data from outside the pipeline) has no upstream, and says so by absence.
     storage.write_bytes(storage.join(base, "list.txt"), b"a.mp4 0\n")
     tags = lineage.stage_tags("shard", {"input": storage.join(base, "list.txt")})

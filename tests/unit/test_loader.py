@@ -26,13 +26,20 @@ def test_every_sample_exactly_once(world, workers, shuffle):
     m = fake_manifest([5, 7, 1, 0, 11])
     for epoch in range(3):
         order = epoch_order(m, epoch, seed=1, shuffle=shuffle)
-        seen = [i for r in range(world) for w in range(workers) for i in assign(order, Consumer(r, world, w, workers), False)]
+        seen = [
+            i
+            for r in range(world)
+            for w in range(workers)
+            for i in assign(order, Consumer(r, world, w, workers), False)
+        ]
         assert sorted(seen) == list(range(len(m.rows)))
-        per_rank = [sum(len(assign(order, Consumer(r, world, w, workers), False)) for w in range(workers))
-                    for r in range(world)]
+        per_rank = [
+            sum(len(assign(order, Consumer(r, world, w, workers), False)) for w in range(workers)) for r in range(world)
+        ]
         assert max(per_rank) - min(per_rank) <= 1
-        even = [sum(len(assign(order, Consumer(r, world, w, workers), True)) for w in range(workers))
-                for r in range(world)]
+        even = [
+            sum(len(assign(order, Consumer(r, world, w, workers), True)) for w in range(workers)) for r in range(world)
+        ]
         assert len(set(even)) == 1 and even[0] == len(m.rows) // world
 
 
@@ -48,8 +55,17 @@ def test_shuffle_changes_with_epoch_and_is_seeded():
 def real_shards(samples, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     task = samples.scene
-    run(ShardConfig(input=str(task.train_list), root=str(task.root), output=str(out), frame_interval=4,
-                    short_side=48, samples_per_shard=5, progress=False))
+    run(
+        ShardConfig(
+            input=str(task.train_list),
+            root=str(task.root),
+            output=str(out),
+            frame_interval=4,
+            short_side=48,
+            samples_per_shard=5,
+            progress=False,
+        )
+    )
     return str(out)
 
 
@@ -71,7 +87,7 @@ def test_rank_from_torchrun_environment(real_shards, monkeypatch):
     ds = ShardStream(real_shards, even_ranks=True)
     got = [s.key for s in ds]
     n = len(ds.manifest)
-    assert got == [r["key"] for r in ds.manifest.rows][n // 2: n // 2 * 2]
+    assert got == [r["key"] for r in ds.manifest.rows][n // 2 : n // 2 * 2]
 
 
 def test_decoded_samples_and_shuffle_buffer(real_shards):

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from bevt_core.models import build_model, inflate_2d_checkpoint, interpolate_bias_table, load_checkpoint, save_checkpoint
+from bevt_core.models import (
+    build_model,
+    inflate_2d_checkpoint,
+    interpolate_bias_table,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def official_keys(embed_dim, depths, heads, window, *, pretrain, vocab=8192, num_classes=400):
@@ -87,7 +93,9 @@ TINY = dict(embed_dim=32, depths=(1, 1, 2, 1), heads=(1, 2, 4, 8), window=(4, 4,
 def random_state(shapes, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return {
-        k: torch.zeros(s, dtype=torch.long) if k.endswith("relative_position_index") else torch.randn(s, generator=generator)
+        k: torch.zeros(s, dtype=torch.long)
+        if k.endswith("relative_position_index")
+        else torch.randn(s, generator=generator)
         for k, s in shapes.items()
     }
 
@@ -100,11 +108,14 @@ def test_dalle_key_count():
     assert len(dalle_keys()) == 74
 
 
-@pytest.mark.parametrize("preset,window,pretrain,classes", [
-    ("bevt-swin-b", (8, 7, 7), True, None),
-    ("k400-swin-b", (8, 7, 7), False, 400),
-    ("ssv2-swin-b", (16, 7, 7), False, 174),
-])
+@pytest.mark.parametrize(
+    "preset,window,pretrain,classes",
+    [
+        ("bevt-swin-b", (8, 7, 7), True, None),
+        ("k400-swin-b", (8, 7, 7), False, 400),
+        ("ssv2-swin-b", (16, 7, 7), False, 174),
+    ],
+)
 def test_swin_b_keys_and_shapes_are_official(preset, window, pretrain, classes):
     with torch.device("meta"):
         model = build_model(preset)
@@ -186,7 +197,9 @@ def test_recognizer_loads_pretraining_checkpoint_with_deeper_window():
     assert loaded.shape == (15 * 49, 4)
     expected = linear_resize_1d(pretrained[key].numpy().reshape(7, 49 * 4), 15).reshape(-1, 4)
     np.testing.assert_allclose(loaded.numpy(), expected, atol=1e-5)
-    assert torch.equal(model.backbone.layers[2].blocks[1].attn.qkv.weight, pretrained["backbone.layers.2.blocks.1.attn.qkv.weight"])
+    assert torch.equal(
+        model.backbone.layers[2].blocks[1].attn.qkv.weight, pretrained["backbone.layers.2.blocks.1.attn.qkv.weight"]
+    )
     wrong = build_model("recognizer-tiny", window_size=(8, 4, 4), pretrained_window_size=(2, 4, 4))
     with pytest.raises(ValueError, match="pretrained_window_size"):
         load_checkpoint(wrong, {"state_dict": pretrained}, strict=False)
@@ -205,7 +218,7 @@ def swin_2d_checkpoint(table_side=7):
     }
     for key, shape in official_keys(**TINY, pretrain=False).items():
         if key.startswith("backbone.layers"):
-            name = "encoder." + key[len("backbone."):]
+            name = "encoder." + key[len("backbone.") :]
             if name.endswith("relative_position_bias_table"):
                 state[name] = torch.randn(table_side**2, shape[1], generator=generator)
             elif name.endswith("relative_position_index"):
@@ -241,7 +254,9 @@ def test_inflate_resizes_other_2d_windows():
     table = inflated["layers.0.blocks.0.attn.relative_position_bias_table"]
     assert table.shape == (7 * 49, 1)
     constant = {k: (torch.full_like(v, 0.25) if k.endswith("bias_table") else v) for k, v in source.items()}
-    table = inflate_2d_checkpoint(constant, window_size=(4, 4, 4))["layers.0.blocks.0.attn.relative_position_bias_table"]
+    table = inflate_2d_checkpoint(constant, window_size=(4, 4, 4))[
+        "layers.0.blocks.0.attn.relative_position_bias_table"
+    ]
     torch.testing.assert_close(table, torch.full_like(table, 0.25))
 
 
@@ -250,7 +265,9 @@ def test_load_2d_checkpoint_is_detected_and_static_clip_embeds_like_image():
     result = load_checkpoint(model, swin_2d_checkpoint(), strict=False)
     assert result.unexpected_keys == []
     assert set(result.missing_keys) == {
-        f"backbone.{m}.{p}" for m in ("lm_down", "fpn.0", "lm_down_st.0", "fpn_s.0", "fpn_t.0") for p in ("weight", "bias")
+        f"backbone.{m}.{p}"
+        for m in ("lm_down", "fpn.0", "lm_down_st.0", "fpn_s.0", "fpn_t.0")
+        for p in ("weight", "bias")
     } | {"backbone.mask_token", "cls_head.lm_head.weight", "cls_head.lm_head.bias"}
     image = torch.randn(1, 3, 64, 64)
     clip = image.unsqueeze(2).expand(1, 3, 8, 64, 64)

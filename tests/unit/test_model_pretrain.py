@@ -87,7 +87,7 @@ def test_loss_is_masked_cross_entropy_per_stream(model):
 
 
 def test_unmasked_targets_do_not_matter(model):
-    video, image = batch()
+    video, _ = batch()
     other_ids = torch.where(video[2], video[3], (video[3] + 1) % VOCAB)
     with torch.no_grad():
         a = model.loss(video=video)["loss"]

@@ -39,7 +39,8 @@ def test_bevt_window_tables_and_image_slice():
     torch.testing.assert_close(bias_2d, attn.relative_position_bias_table[index_2d].permute(2, 0, 1))
     # A window clipped in time only is the official prefix slice too.
     torch.testing.assert_close(
-        attn.position_bias((4, 7, 7)), attn.relative_position_bias_table[attn.relative_position_index[:196, :196]].permute(2, 0, 1)
+        attn.position_bias((4, 7, 7)),
+        attn.relative_position_bias_table[attn.relative_position_index[:196, :196]].permute(2, 0, 1),
     )
     assert WindowAttention3D(8, (16, 7, 7), 2).relative_position_bias_table.shape == (5239, 2)
 
@@ -62,7 +63,11 @@ def test_shift_mask_regions():
 
 def test_drop_path_schedule_is_linear_over_blocks():
     model = build_model("recognizer-tiny", drop_path_rate=0.4)
-    rates = [0.0 if isinstance(b.drop_path, torch.nn.Identity) else b.drop_path.drop_prob for layer in model.backbone.layers for b in layer.blocks]
+    rates = [
+        0.0 if isinstance(b.drop_path, torch.nn.Identity) else b.drop_path.drop_prob
+        for layer in model.backbone.layers
+        for b in layer.blocks
+    ]
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.4, 5))
 
 
@@ -70,9 +75,19 @@ def test_backbone_stage_shapes_video_and_image():
     model = build_model("bevt-tiny").eval()
     backbone = model.backbone
     stages = backbone.forward_stages(backbone.embed(torch.randn(1, 3, 8, 64, 64), None))
-    assert [tuple(s.shape) for s in stages] == [(1, 4, 16, 16, 32), (1, 4, 8, 8, 64), (1, 4, 4, 4, 128), (1, 4, 2, 2, 256)]
+    assert [tuple(s.shape) for s in stages] == [
+        (1, 4, 16, 16, 32),
+        (1, 4, 8, 8, 64),
+        (1, 4, 4, 4, 128),
+        (1, 4, 2, 2, 256),
+    ]
     stages = backbone.forward_stages(backbone.embed(torch.randn(1, 3, 64, 64), None), image=True)
-    assert [tuple(s.shape) for s in stages] == [(1, 1, 16, 16, 32), (1, 1, 8, 8, 64), (1, 1, 4, 4, 128), (1, 1, 2, 2, 256)]
+    assert [tuple(s.shape) for s in stages] == [
+        (1, 1, 16, 16, 32),
+        (1, 1, 8, 8, 64),
+        (1, 1, 4, 4, 128),
+        (1, 1, 2, 2, 256),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

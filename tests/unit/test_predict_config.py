@@ -11,9 +11,9 @@ import yaml
 
 from bevt_core.cli import main
 from bevt_core.config import ConfigError, from_dict
-from bevt_core.serving.recipe import Recipe
+from bevt_core.loading.clips import ClipSpec
+from bevt_core.serving.preprocessing import Preprocessing
 from bevt_core.stages.finetune import FinetuneConfig
-from bevt_core.train.video_data import ClipSpec
 
 
 def test_predict_takes_the_video_as_argument_and_exactly_one_model(capsys):
@@ -32,14 +32,22 @@ def test_predict_takes_the_video_as_argument_and_exactly_one_model(capsys):
 
 def test_register_as_needs_tracking():
     with pytest.raises(ConfigError, match="register_as: registering needs MLflow tracking"):
-        from_dict(FinetuneConfig, {"train": "t", "register_as": "bevt-scene", "preset": "k400-tiny",
-                                   "run": {"work_dir": "w", "tracking_uri": "none"}})
+        from_dict(
+            FinetuneConfig,
+            {
+                "train": "t",
+                "register_as": "bevt-scene",
+                "preset": "k400-tiny",
+                "run": {"work_dir": "w"},
+                "tracking": {"uri": "none"},
+            },
+        )
 
 
 def test_recipe_round_trips_through_a_weights_only_checkpoint():
-    recipe = Recipe(2, 0, 2, 320, 90, ClipSpec(32, 2, "interval", 224, 0.5, "", 0.0, 4, 3))
+    recipe = Preprocessing(2, 0, 2, 320, 90, ClipSpec(32, 2, "interval", 224, 0.5, "", 0.0, 4, 3))
     buf = io.BytesIO()
     torch.save({"meta": {"preprocess": recipe.to_meta()}}, buf)
     buf.seek(0)
-    assert Recipe.from_meta(torch.load(buf, weights_only=True)["meta"]["preprocess"]) == recipe
+    assert Preprocessing.from_meta(torch.load(buf, weights_only=True)["meta"]["preprocess"]) == recipe
     assert recipe.encode_settings().short_side == 320 and recipe.encode_settings().modality == "video"

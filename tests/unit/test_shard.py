@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from bevt_core.config import ConfigError
+from bevt_core.data.decode import decode_jpeg, resize_short_side
 from bevt_core.data.loader import read_sample
 from bevt_core.data.manifest import load_manifest
-from bevt_core.data.decode import decode_jpeg, resize_short_side
 from bevt_core.stages.shard import ShardConfig, run
 from tests.conftest import bevt_cli
 
@@ -44,8 +44,17 @@ def link_list(tmp: Path, videos: list[Path]) -> Path:
 def test_round_trip_matches_pyav_decode(samples, tmp_path):
     videos = list(samples.source_videos) + list(samples.fallback_videos)
     listing = link_list(tmp_path, videos)
-    result = run(ShardConfig(input=str(listing), output=str(tmp_path / "out"), frame_interval=3, short_side=96,
-                             samples_per_shard=3, workers=2, progress=False))
+    result = run(
+        ShardConfig(
+            input=str(listing),
+            output=str(tmp_path / "out"),
+            frame_interval=3,
+            short_side=96,
+            samples_per_shard=3,
+            workers=2,
+            progress=False,
+        )
+    )
     assert result.rejected == 0, result.summary()
     m = load_manifest(str(tmp_path / "out"))
     assert len(m) == len(videos)
@@ -65,8 +74,10 @@ def test_round_trip_matches_pyav_decode(samples, tmp_path):
             assert min(h, w) == min(96, min(truth[idx].shape[:2]))
             # The same resampling as the stage, so what remains is decoding, frame choice and JPEG;
             # the stored frame must also match its own index at least as well as its neighbours.
-            err = {j: float(np.abs(got - resize_short_side(truth[j], 96)).mean())
-                   for j in range(max(0, idx - 3), min(len(truth), idx + 4))}
+            err = {
+                j: float(np.abs(got - resize_short_side(truth[j], 96)).mean())
+                for j in range(max(0, idx - 3), min(len(truth), idx + 4))
+            }
             assert err[idx] < 6.0, f"{row['source']} frame {idx}: mean abs error {err[idx]:.2f}"
             assert err[idx] <= min(err.values()) + 0.25, f"{row['source']} frame {idx} is another frame: {err}"
         decoders.add(row["decoder"])
@@ -77,8 +88,11 @@ def test_output_is_webdataset_compatible(samples, tmp_path):
     import webdataset as wds
 
     listing = link_list(tmp_path, list(samples.source_videos)[:2])
-    run(ShardConfig(input=str(listing), output=str(tmp_path / "out"), frame_interval=8, short_side=64,
-                    progress=False, workers=1))
+    run(
+        ShardConfig(
+            input=str(listing), output=str(tmp_path / "out"), frame_interval=8, short_side=64, progress=False, workers=1
+        )
+    )
     m = load_manifest(str(tmp_path / "out"))
     got = list(wds.WebDataset(str(tmp_path / "out" / "shard-000000.tar"), shardshuffle=False))
     assert [s["__key__"] for s in got] == [r["key"] for r in m.rows]
@@ -115,6 +129,8 @@ def make_bad_inputs(root: Path, good: Path) -> list[tuple[str, str, set[str]]]:
     with wave.open(str(root / "audio_only.wav"), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\1" * 8000)
     (root / "a_directory.mp4").mkdir()
+    (root / "in a folder").mkdir()
+    shutil.copyfile(root / "faststart.mp4", root / "in a folder" / "one frame.mp4")
     os.symlink(root / "nowhere.mp4", root / "dangling.mp4")
     return [
         ("faststart.mp4", "0", {"ok"}),
@@ -129,7 +145,8 @@ def make_bad_inputs(root: Path, good: Path) -> list[tuple[str, str, set[str]]]:
         ("dangling.mp4", "0", {"dangling_link"}),
         ("does_not_exist.mp4", "0", {"missing"}),
         ("faststart.mp4", "1", {"duplicate"}),
-        ("faststart.mp4 x", "1", {"bad_label"}),  # three fields
+        ("faststart.mp4 x", "1", {"missing"}),  # the label is the last field: the path is "faststart.mp4 x"
+        ("in a folder/one frame.mp4", "1", {"ok"}),  # a path with spaces
         ("neg_label.mp4", "-3", {"bad_label"}),
         ("unknown_class.mp4", "zebra", {"bad_label"}),
         ("outside_classes.mp4", "7", {"bad_label"}),
@@ -141,16 +158,24 @@ def test_every_bad_input_is_recorded_with_its_reason(samples, tmp_path):
     root.mkdir()
     cases = make_bad_inputs(root, samples.source_videos[0])
     real_bad = []
-    for i, (path, kind) in enumerate(samples.bad_inputs):
+    for i, (path, _) in enumerate(samples.bad_inputs):
         name = f"real_{i}_{path.name}"
         shutil.copyfile(path, root / name)
         real_bad.append(name)
     (root / "classes.txt").write_text("a\nb\nc\n")
     lines = [f"{p} {label}" for p, label, _ in cases] + [f"{n} 0" for n in real_bad]
     (root / "list.txt").write_text("\n".join(lines) + "\n")
-    result = run(ShardConfig(input=str(root / "list.txt"), classes=str(root / "classes.txt"),
-                             output=str(tmp_path / "out"), samples_per_shard=4, workers=2, progress=False,
-                             max_reject_rate=1.0))
+    result = run(
+        ShardConfig(
+            input=str(root / "list.txt"),
+            classes=str(root / "classes.txt"),
+            output=str(tmp_path / "out"),
+            samples_per_shard=4,
+            workers=2,
+            progress=False,
+            max_reject_rate=1.0,
+        )
+    )
     table = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
     assert [r["index"] for r in table] == list(range(len(lines)))
     for row, (path, _, expected) in zip(table, cases):
@@ -158,14 +183,24 @@ def test_every_bad_input_is_recorded_with_its_reason(samples, tmp_path):
         assert got in expected, f"{path}: {got} ({row['detail']}), expected {expected}"
     # Real degenerate files: what each kind must become. Files decord rejects but PyAV decodes in
     # full (a solid-colour MPEG-PS, an h264 clip with odd frame sizes) are valid videos: kept via PyAV.
-    expected_for_kind = {"empty": "empty", "not_a_video": "not_a_video", "one_frame": "too_few_frames",
-                         "truncated": "undecodable", "solid_colour": "ok:pyav", "undecodable": "ok:pyav"}
-    for row, (path, kind) in zip(table[len(cases):], samples.bad_inputs):
+    expected_for_kind = {
+        "empty": "empty",
+        "not_a_video": "not_a_video",
+        "one_frame": "too_few_frames",
+        "truncated": "undecodable",
+        "solid_colour": "ok:pyav",
+        "undecodable": "ok:pyav",
+    }
+    for row, (path, kind) in zip(table[len(cases) :], samples.bad_inputs):
         got = f"ok:{row['decoder']}" if row["status"] == "ok" else row["reason"]
         assert got == expected_for_kind[kind], f"{path.name} ({kind}): {got} {row['detail']}"
     rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
-    assert len(rejects) == result.rejected == len(table) - 1 - sum(
-        expected_for_kind[k].startswith("ok") for _, k in samples.bad_inputs)
+    kept = sum("ok" in expected for _, _, expected in cases)
+    assert (
+        len(rejects)
+        == result.rejected
+        == len(table) - kept - sum(expected_for_kind[k].startswith("ok") for _, k in samples.bad_inputs)
+    )
     assert all(r["reason"] and r["detail"] for r in rejects)
     assert sum(result.rejects_by_reason.values()) == result.rejected and not result.failed
 
@@ -175,21 +210,46 @@ def test_reject_rate_decides_the_exit_code(samples, tmp_path, cli_env):
     root.mkdir()
     os.symlink(samples.source_videos[0], root / "good.mp4")
     (root / "list.txt").write_text("good.mp4 0\nmissing.mp4 0\n")
-    base = bevt_cli() + ["shard", "--input", str(root / "list.txt"), "--short-side", "64",
-                         "--frame-interval", "16", "--no-progress"]
-    failed = subprocess.run(base + ["--output", str(tmp_path / "o1"), "--max-reject-rate", "0.4"],
-                            capture_output=True, text=True, env=cli_env)
+    base = bevt_cli() + [
+        "shard",
+        "--input",
+        str(root / "list.txt"),
+        "--short-side",
+        "64",
+        "--frame-interval",
+        "16",
+        "--no-progress",
+    ]
+    failed = subprocess.run(
+        base + ["--output", str(tmp_path / "o1"), "--max-reject-rate", "0.4"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert failed.returncode == 1, failed.stderr
     assert "max_reject_rate" in failed.stderr and "missing" in failed.stdout
     assert (tmp_path / "o1" / "rejects.parquet").exists(), "outputs are kept for inspection"
-    passed = subprocess.run(base + ["--output", str(tmp_path / "o2"), "--max-reject-rate", "0.5"],
-                            capture_output=True, text=True, env=cli_env)
+    passed = subprocess.run(
+        base + ["--output", str(tmp_path / "o2"), "--max-reject-rate", "0.5"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert passed.returncode == 0, passed.stderr
 
 
 def test_images_from_a_list(samples, tmp_path):
-    result = run(ShardConfig(input=str(samples.images_list), root=str(samples.images_root), modality="image",
-                             output=str(tmp_path / "img"), short_side=64, samples_per_shard=100, progress=False))
+    result = run(
+        ShardConfig(
+            input=str(samples.images_list),
+            root=str(samples.images_root),
+            modality="image",
+            output=str(tmp_path / "img"),
+            short_side=64,
+            samples_per_shard=100,
+            progress=False,
+        )
+    )
     assert result.rejected == 0 and result.ok > 0
     m = load_manifest(str(tmp_path / "img"))
     row = m.rows[-1]
@@ -201,12 +261,30 @@ def test_images_from_a_list(samples, tmp_path):
     assert sample.label == row["label"]
 
 
+def test_list_lines_take_the_last_field_as_the_label(tmp_path):
+    from bevt_core.data.inputs import read_inputs
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("dir/one frame.mp4 1\nplain.mp4,0\nphotos/my cat.jpg\nclips/a b.avi -1\n")
+    items, classes = read_inputs(str(listing))
+    assert [(i.source, i.label, i.problem) for i in items] == [
+        ("dir/one frame.mp4", 1, ""),
+        ("plain.mp4", 0, ""),
+        ("photos/my cat.jpg", -1, ""),
+        ("clips/a b.avi", -1, ""),
+    ]
+    assert classes == ["0", "1"]
+
+
 def test_class_folder_input(samples, tmp_path):
     for cls, video in (("cat", samples.source_videos[0]), ("dog", samples.source_videos[1])):
         (tmp_path / "in" / cls).mkdir(parents=True)
         os.symlink(video, tmp_path / "in" / cls / video.name)
-    run(ShardConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), frame_interval=16, short_side=64,
-                    progress=False))
+    run(
+        ShardConfig(
+            input=str(tmp_path / "in"), output=str(tmp_path / "out"), frame_interval=16, short_side=64, progress=False
+        )
+    )
     m = load_manifest(str(tmp_path / "out"))
     assert m.classes == ["cat", "dog"] and [r["label"] for r in m.rows] == [0, 1]
 
@@ -217,8 +295,16 @@ def test_ssv2_json_input(samples, tmp_path):
     os.symlink(samples.source_videos[0], root / "101.webm")
     (root / "train.json").write_text(json.dumps([{"id": "101", "template": "Pushing [something] left"}]))
     (root / "labels.json").write_text(json.dumps({"Pushing something left": 0, "Other": 1}))
-    run(ShardConfig(input=str(root / "train.json"), classes=str(root / "labels.json"),
-                    output=str(tmp_path / "out"), frame_interval=16, short_side=64, progress=False))
+    run(
+        ShardConfig(
+            input=str(root / "train.json"),
+            classes=str(root / "labels.json"),
+            output=str(tmp_path / "out"),
+            frame_interval=16,
+            short_side=64,
+            progress=False,
+        )
+    )
     m = load_manifest(str(tmp_path / "out"))
     assert m.rows[0]["source"] == "101.webm" and m.rows[0]["label"] == 0
 
@@ -242,20 +328,34 @@ def test_cli_help_documents_every_option():
 
 def test_cli_bad_value_fails_before_any_work(tmp_path):
     out = tmp_path / "never"
-    proc = subprocess.run(bevt_cli() + ["shard", "--input", "x.txt", "--output", str(out), "--jpeg-quality", "0"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        bevt_cli() + ["shard", "--input", "x.txt", "--output", str(out), "--jpeg-quality", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("bevt shard: error: jpeg_quality:")
     assert not out.exists()
-    missing = subprocess.run(bevt_cli() + ["shard", "--input", str(tmp_path / "nope.txt"), "--output", str(out)],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        bevt_cli() + ["shard", "--input", str(tmp_path / "nope.txt"), "--output", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "input:" in missing.stderr and not out.exists()
 
 
 def test_print_config_is_loadable_yaml(tmp_path):
-    proc = subprocess.run(bevt_cli() + ["shard", "--input", "a.txt", "--output", "o", "--print-config"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        bevt_cli() + ["shard", "--input", "a.txt", "--output", "o", "--print-config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     (tmp_path / "c.yaml").write_text(proc.stdout)
-    again = subprocess.run(bevt_cli() + ["shard", "--config", str(tmp_path / "c.yaml"), "--print-config"],
-                           capture_output=True, text=True, check=True)
+    again = subprocess.run(
+        bevt_cli() + ["shard", "--config", str(tmp_path / "c.yaml"), "--print-config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert again.stdout == proc.stdout and "frame_interval: 1" in proc.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bevt_core.data.targets import clip_indices, normalize
+from bevt_core.loading.targets import clip_indices, normalize
 
 
 def test_clip_window_follows_sample_frames():

@@ -12,8 +12,7 @@ from dall_e import map_pixels
 from dall_e.encoder import Encoder
 
 from bevt_core.tokenizers.base import PinMismatch, tokenizer_input
-from bevt_core.tokenizers.codebook import (FEATURES, CodebookTokenizer, codebook_bytes, fit_codebook,
-                                          patch_features)
+from bevt_core.tokenizers.codebook import FEATURES, CodebookTokenizer, codebook_bytes, fit_codebook, patch_features
 from bevt_core.tokenizers.dalle import DalleTokenizer, WeightsError, load_encoder
 
 
@@ -34,8 +33,14 @@ def crops():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:64, 0:64]
     base = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1)
-    return np.stack([np.clip(base[::s, ::s].repeat(s, 0).repeat(s, 1)[:64, :64] + rng.normal(0, 30, (64, 64, 3)),
-                             0, 255).astype(np.uint8) for s in (1, 2, 1, 3, 2, 1)])
+    return np.stack(
+        [
+            np.clip(base[::s, ::s].repeat(s, 0).repeat(s, 1)[:64, :64] + rng.normal(0, 30, (64, 64, 3)), 0, 255).astype(
+                np.uint8
+            )
+            for s in (1, 2, 1, 3, 2, 1)
+        ]
+    )
 
 
 def test_dalle_ids_equal_the_packages_forward_and_argmax(encoder_file, crops):
@@ -114,7 +119,7 @@ def test_codebook_recovers_patch_clusters_and_is_exact():
     pairs = set(zip(which.ravel().tolist(), ids.ravel().tolist()))
     assert len(pairs) == 6 and len({a for a, _ in pairs}) == 6 and len({b for _, b in pairs}) == 6
     # Exact integer distances: any batching gives the same ids.
-    one_by_one = np.concatenate([tok.encode(small[i:i + 1]) for i in range(len(small))])
+    one_by_one = np.concatenate([tok.encode(small[i : i + 1]) for i in range(len(small))])
     assert np.array_equal(one_by_one, ids)
 
 

@@ -15,8 +15,20 @@ def printed(capsys, *argv: str) -> dict:
 
 
 def test_pretrain_joint_swin_b_recipe(capsys):
-    cfg = printed(capsys, "pretrain-joint", "--videos", "v", "--video-tokens", "vt", "--images", "i",
-                  "--image-tokens", "it", "--run.work-dir", "w")
+    cfg = printed(
+        capsys,
+        "pretrain-joint",
+        "--videos",
+        "v",
+        "--video-tokens",
+        "vt",
+        "--images",
+        "i",
+        "--image-tokens",
+        "it",
+        "--run.work-dir",
+        "w",
+    )
     assert cfg["optim"]["lr"] == 5e-4 and cfg["optim"]["weight_decay"] == 0.05
     assert cfg["optim"]["clip_grad"] == 3.0 and cfg["optim"]["groups"] == "pretrain"
     assert cfg["schedule"] == {"epochs": 150, "warmup_epochs": 10, "cosine_by_epoch": False, "max_steps": 0}
@@ -40,8 +52,20 @@ def test_finetune_k400_and_ssv2_recipes(capsys):
 
 
 def test_options_override_the_preset(capsys):
-    cfg = printed(capsys, "finetune", "--train", "t", "--run.work-dir", "w", "--preset", "ssv2-swin-b",
-                  "--optim.lr", "1e-4", "--clip.clip-len", "16")
+    cfg = printed(
+        capsys,
+        "finetune",
+        "--train",
+        "t",
+        "--run.work-dir",
+        "w",
+        "--preset",
+        "ssv2-swin-b",
+        "--optim.lr",
+        "1e-4",
+        "--clip.clip-len",
+        "16",
+    )
     assert cfg["optim"]["lr"] == 1e-4 and cfg["clip"]["clip_len"] == 16 and cfg["optim"]["weight_decay"] == 0.05
 
 

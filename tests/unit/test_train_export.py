@@ -6,7 +6,7 @@ import torch
 
 from bevt_core.models import build_model, load_checkpoint
 from bevt_core.stages.pretrain_image import image_checkpoint
-from bevt_core.train.common import save_weights
+from bevt_core.stages.training import save_weights
 
 
 def test_image_checkpoint_is_2d_and_inflates_to_the_same_image_predictions(tmp_path):
@@ -20,8 +20,10 @@ def test_image_checkpoint_is_2d_and_inflates_to_the_same_image_predictions(tmp_p
     assert state["backbone.patch_embed.proj.weight"].ndim == 4  # a 2D Swin
     table = state["backbone.layers.0.blocks.0.attn.relative_position_bias_table"]
     assert table.shape[0] == 7 * 7  # (2*4-1)^2 offsets of the (4,4) window
-    assert not any(k.startswith(("backbone.fpn_s", "backbone.fpn_t", "backbone.lm_down_st", "backbone.patch_embed_2d"))
-                   for k in state)
+    assert not any(
+        k.startswith(("backbone.fpn_s", "backbone.fpn_t", "backbone.lm_down_st", "backbone.patch_embed_2d"))
+        for k in state
+    )
     save_weights(state, str(tmp_path / "image_encoder.pt"), {"format": "swin-2d"})
 
     torch.manual_seed(1)

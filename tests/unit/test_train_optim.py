@@ -7,8 +7,7 @@ import math
 import pytest
 
 from bevt_core.models import build_model
-from bevt_core.train.optim import (Schedule, backbone_mult_keys, layer_decay_keys, match_key, param_groups,
-                                   pretrain_keys)
+from bevt_core.train.optim import Schedule, backbone_mult_keys, layer_decay_keys, match_key, param_groups, pretrain_keys
 
 
 def options(model, keys, lr=1.0, wd=1.0) -> dict[str, tuple[float, float]]:

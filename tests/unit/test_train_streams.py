@@ -6,17 +6,27 @@ import numpy as np
 import pytest
 
 from bevt_core.data.manifest import load_manifest
+from bevt_core.loading.streams import StepStream, loader
 from bevt_core.stages.shard import ShardConfig
 from bevt_core.stages.shard import run as shard
-from bevt_core.train.streams import StepStream, loader
 
 
 @pytest.fixture(scope="module")
 def images(samples, tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("streams")
     (root / "list.txt").write_text("\n".join(samples.images_list.read_text().splitlines()[:26]) + "\n")
-    shard(ShardConfig(input=str(root / "list.txt"), root=str(samples.images_root), modality="image",
-                      output=str(root / "shards"), short_side=32, samples_per_shard=5, progress=False, workers=1))
+    shard(
+        ShardConfig(
+            input=str(root / "list.txt"),
+            root=str(samples.images_root),
+            modality="image",
+            output=str(root / "shards"),
+            short_side=32,
+            samples_per_shard=5,
+            progress=False,
+            workers=1,
+        )
+    )
     return str(root / "shards")
 
 
@@ -57,5 +67,5 @@ def test_cycling_continues_across_epochs_in_order(images):
     it = iter(loader(s, 2))
     got = [next(it) for _ in range(per_epoch + 2)]
     expected = epoch(stream(images, 4), e=0)[4:] + epoch(stream(images, 4), e=1)
-    assert got == expected[:len(got)]
+    assert got == expected[: len(got)]
     assert np.isfinite([v for b in got for _, v in b]).all()

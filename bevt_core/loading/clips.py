@@ -1,0 +1,163 @@
+"""Finetune / evaluation clips from data shards (spec §5.1).
+
+Frame sampling over a video's *stored* frames (the shard already applied its temporal stride):
+``interval`` is K400's ``SampleFrames`` (random start, fixed interval, wrap around; test clips
+evenly spaced), ``uniform`` is SSv2's segment sampling (random frame per segment; test takes the
+middle). Training crops: short side to 256/224 of the crop, RandomResizedCrop (area .08-1,
+ratio 3/4-4/3), resize to the crop, flip, optional RandAugment (one draw for all frames) and
+RandomErasing (one zero box for all frames). Test views: short side to the crop, then 1 center
+or 3 crops along the long side, for each of ``test_clips`` clips.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import cv2
+import numpy as np
+import torch
+
+from bevt_core.data.decode import decode_jpeg
+from bevt_core.data.manifest import load_manifest
+from bevt_core.data.shard_format import Sample
+from bevt_core.loading.clip_spec import ClipSpec
+from bevt_core.loading.streams import StepStream
+from bevt_core.loading.targets import clip_indices, normalize
+
+
+def train_indices(n: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+    if spec.sampling == "interval":
+        return clip_indices(n, spec.clip_len, spec.frame_interval, rng)
+    seg = (n - 1) / spec.clip_len
+    return np.array([int(rng.integers(round(seg * i), round(seg * (i + 1)) + 1)) for i in range(spec.clip_len)])
+
+
+def test_indices(n: int, spec: ClipSpec) -> list[np.ndarray]:
+    if spec.sampling == "uniform":
+        seg = (n - 1) / spec.clip_len
+        return [np.array([(round(seg * i) + round(seg * (i + 1))) // 2 for i in range(spec.clip_len)])]
+    span = spec.clip_len * spec.frame_interval
+    avg = (n - span + 1) / spec.test_clips
+    starts = [int(avg / 2 + avg * i) for i in range(spec.test_clips)] if n > span - 1 else [0] * spec.test_clips
+    return [(s + np.arange(spec.clip_len) * spec.frame_interval) % n for s in starts]
+
+
+def _frames(sample: Sample, idx: np.ndarray) -> np.ndarray:
+    decoded = {i: decode_jpeg(sample.jpegs[i]) for i in np.unique(idx).tolist()}
+    return np.stack([decoded[i] for i in idx.tolist()])
+
+
+def _short_side(frames: np.ndarray, side: int) -> np.ndarray:
+    h, w = frames.shape[1:3]
+    scale = side / min(h, w)
+    size = (max(side, int(w * scale + 0.5)), max(side, int(h * scale + 0.5)))
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
+
+
+def _resized_crop_box(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(0.08, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    side = min(h, w)  # fallback: the centre square
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def _rand_augment(frames: np.ndarray, spec: str, rng: np.random.Generator) -> np.ndarray:
+    """timm RandAugment with one random draw replayed on every frame (it uses ``random``/``np.random``)."""
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    op = rand_augment_transform(spec, {"img_mean": (124, 116, 104)})
+    seed = int(rng.integers(1 << 31))
+    saved = random.getstate(), np.random.get_state()
+    try:
+        out = []
+        for f in frames:
+            random.seed(seed)
+            np.random.seed(seed)
+            out.append(np.asarray(op(Image.fromarray(f))))
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+    return np.stack(out)
+
+
+def _erase(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """timm RandomErasing ('const' mode: zeros after normalisation), the same box on every frame."""
+    _, _, h, w = clip.shape
+    for _ in range(10):
+        target = h * w * rng.uniform(0.02, 1 / 3)
+        ratio = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+        eh, ew = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+        if eh < h and ew < w:
+            top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+            clip[:, :, top : top + eh, left : left + ew] = 0
+            break
+    return clip
+
+
+def train_clip(sample: Sample, spec: ClipSpec, rng: np.random.Generator) -> torch.Tensor:
+    """Normalised (3, T, crop, crop) training clip."""
+    frames = _short_side(_frames(sample, train_indices(len(sample.jpegs), spec, rng)), round(spec.crop * 256 / 224))
+    top, left, ch, cw = _resized_crop_box(*frames.shape[1:3], rng)
+    frames = np.stack(
+        [
+            cv2.resize(f[top : top + ch, left : left + cw], (spec.crop, spec.crop), interpolation=cv2.INTER_LINEAR)
+            for f in frames
+        ]
+    )
+    if rng.random() < spec.flip:
+        frames = np.ascontiguousarray(frames[:, :, ::-1])
+    if spec.rand_augment:
+        frames = _rand_augment(frames, spec.rand_augment, rng)
+    clip = normalize(frames)
+    if spec.erase and rng.random() < spec.erase:
+        clip = _erase(clip, rng)
+    return clip
+
+
+def test_views(sample: Sample, spec: ClipSpec) -> torch.Tensor:
+    """Normalised (clips x crops, 3, T, crop, crop) test views."""
+    views = []
+    for idx in test_indices(len(sample.jpegs), spec):
+        frames = _short_side(_frames(sample, idx), spec.crop)
+        h, w = frames.shape[1:3]
+        long_h = h > w
+        extent = (h if long_h else w) - spec.crop
+        offsets = [extent // 2] if spec.test_crops == 1 else [0, extent // 2, extent]
+        short_off = ((w if long_h else h) - spec.crop) // 2
+        for o in offsets:
+            top, left = (o, short_off) if long_h else (short_off, o)
+            views.append(normalize(frames[:, top : top + spec.crop, left : left + spec.crop]))
+    return torch.stack(views)
+
+
+def clip_stream(
+    root: str, spec: ClipSpec, train_mode: bool, micro_batch: int, rank: int, world: int, seed: int
+) -> StepStream:
+    """Labelled clips of a shard directory: training clips (``{'clip', 'label'}`` batches, shuffled) or
+    the test views of each video in order (``{'views', 'label'}``)."""
+    manifest = load_manifest(root)
+    if train_mode:
+
+        def make(row, sample, _, rng):
+            return train_clip(sample, spec, rng), row["label"]
+
+        def collate(items):
+            return {"clip": torch.stack([c for c, _ in items]), "label": torch.tensor([y for _, y in items])}
+    else:
+
+        def make(row, sample, _, rng):
+            return test_views(sample, spec), row["label"]
+
+        def collate(items):
+            return {"views": torch.stack([v for v, _ in items]), "label": torch.tensor([y for _, y in items])}
+
+    return StepStream(
+        manifest, make, collate, micro_batch=micro_batch, rank=rank, world=world, seed=seed, shuffle=train_mode
+    )

@@ -1,0 +1,135 @@
+"""The pretraining loader that pairs clips with their token targets.
+
+:class:`TokenTargets` streams (data, tokens) pairs with ShardStream's exact split across ranks
+and workers, picks a view and a temporal window per sample, replays the view on the pixels with
+:func:`~bevt_core.data.views.apply_view` and slices the stored ids that belong to those exact
+pixels. Masks are not its business (:mod:`bevt_core.masking`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from bevt_core.data.decode import decode_jpeg
+from bevt_core.data.loader import ShardStream, buffer_shuffle, current_consumer, read_runs
+from bevt_core.data.shard_format import Sample
+from bevt_core.data.token_format import TokenSample, TokenSet, load_tokens, parse_data, parse_tokens
+from bevt_core.data.views import View, apply_view
+from bevt_core.tokenizers import open_tokenizer
+
+MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+def tokenizer_of(tokens: TokenSet, device: str = "auto", batch_size: int = 256):
+    """The tokenizer that made a token directory's ids, for online targets or to check them."""
+    return open_tokenizer(tokens.record, tokens.manifest.root, device=device, batch_size=batch_size)
+
+
+def clip_indices(frames: int, clip_len: int, stride: int, rng: np.random.Generator) -> np.ndarray:
+    """``SampleFrames(num_clips=1)``: a random start in ``[0, frames - clip_len*stride]``, then
+    every ``stride``-th stored frame; a video too short starts at 0 and wraps around."""
+    span = clip_len * stride
+    start = int(rng.integers(0, frames - span + 1)) if frames >= span else 0
+    return (start + np.arange(clip_len) * stride) % frames
+
+
+def normalize(crops: np.ndarray) -> torch.Tensor:
+    """uint8 ``(..., H, W, 3)`` -> float ``(3, ..., H, W)`` with the ImageNet mean/std on 0-255."""
+    x = (crops.astype(np.float32) - MEAN) / STD
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 0)))
+
+
+class TargetSample(NamedTuple):
+    clip: torch.Tensor  # float (3, T, H, W) video or (3, H, W) image
+    target: torch.Tensor  # int64 ids (T, G, G) / (G, G); in "online" mode the uint8 crop (T, H, W, 3) / (H, W, 3)
+    view: View
+    key: str
+
+
+class TokenTargets(ShardStream):
+    """Training samples with their precomputed targets (``mode="stored"``) or, for comparison with
+    the official setup, with the augmented uint8 crop for a tokenizer inside the step
+    (``mode="online"``). One view index (of the stored V) and one temporal window of ``clip_len``
+    frames, ``frame_stride`` stored frames apart, are drawn at random per sample and epoch.
+    """
+
+    def __init__(
+        self,
+        data_root: str,
+        tokens_root: str,
+        *,
+        clip_len: int = 16,
+        frame_stride: int = 1,
+        mode: str = "stored",
+        shuffle: bool = False,
+        seed: int = 0,
+        even_ranks: bool = False,
+        shuffle_buffer: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        if mode not in ("stored", "online"):
+            raise ValueError(f"mode must be 'stored' or 'online', got {mode!r}")
+        super().__init__(
+            data_root,
+            shuffle=shuffle,
+            seed=seed,
+            even_ranks=even_ranks,
+            shuffle_buffer=shuffle_buffer,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.tokens = load_tokens(tokens_root)
+        missing = [r["key"] for r in self.manifest.rows if r["key"] not in self.tokens.by_key]
+        if missing:
+            raise ValueError(
+                f"{tokens_root} has no tokens for {len(missing)} samples of {data_root} "
+                f"(e.g. {missing[0]}): tokenize this data directory"
+            )
+        self.clip_len, self.frame_stride, self.mode = clip_len, frame_stride, mode
+
+    def __iter__(self):
+        consumer = current_consumer(self.rank, self.world_size)
+        rows = self.rows_for(consumer)
+        by_key = self.tokens.by_key
+        pairs = zip(
+            read_runs(self.manifest, rows, parse_data),
+            read_runs(self.tokens.manifest, [by_key[r["key"]] for r in rows], parse_tokens),
+        )
+        rng = np.random.default_rng([self.seed, self.epoch, consumer.rank, consumer.worker])
+        if self.shuffle and self.shuffle_buffer > 1:
+            pairs = buffer_shuffle(pairs, self.shuffle_buffer, random.Random(int(rng.integers(1 << 62))))
+        for (sample, is_video), tokens in pairs:
+            yield self.make(sample, is_video, tokens, rng)
+
+    def make(self, sample: Sample, is_video: bool, tokens: TokenSample, rng: np.random.Generator) -> TargetSample:
+        if tokens.key != sample.key:
+            raise ValueError(f"token shard out of step with the data: {tokens.key!r} vs {sample.key!r}")
+        v = int(rng.integers(len(tokens.views)))
+        view = tokens.views[v]
+        if is_video:
+            idx = clip_indices(len(sample.jpegs), self.clip_len, self.frame_stride, rng)
+            # Decode and augment each stored frame once, even when a short video wraps around.
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            crops = apply_view(np.stack([decode_jpeg(sample.jpegs[i]) for i in uniq.tolist()]), view)[inverse]
+            ids = tokens.ids[v, idx]
+        else:
+            crops = apply_view(decode_jpeg(sample.jpegs[0]), view)
+            ids = tokens.ids[v]
+        target = torch.from_numpy(crops) if self.mode == "online" else torch.from_numpy(ids.astype(np.int64))
+        return TargetSample(normalize(crops), target, view, sample.key)
+
+
+def collate(batch: list[TargetSample]) -> dict[str, Any]:
+    """Stack clips and targets; views and keys stay lists (``torch.utils.data.DataLoader(collate_fn=...)``)."""
+    return {
+        "clip": torch.stack([b.clip for b in batch]),
+        "target": torch.stack([b.target for b in batch]),
+        "views": [b.view for b in batch],
+        "keys": [b.key for b in batch],
+    }

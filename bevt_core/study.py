@@ -1,0 +1,288 @@
+"""Stage ``study``: BEVT-mini, what each kind of pretraining buys on the sample tasks.
+
+The paper's ablation at small scale: the same finetune recipe started from four initialisations,
+on the temporal task (camera-motion, SSv2-like) and the appearance task (scene, K400-like):
+
+``scratch``  no pretraining;
+``image``    the image stream alone (``pretrain-image``, the 2D checkpoint inflated to 3D: BEVT-I);
+``video``    the video stream alone, from a random init (``pretrain-joint`` without images: BEVT-V);
+``joint``    BEVT: image stream, then both streams initialised from it.
+
+Every pretraining and finetuning run is repeated per seed; the table gives the mean and the spread
+(sample standard deviation) of single-view validation top-1. The data is sharded and tokenized
+with the demo's settings into the study's work dir (idempotent: a rerun reuses it).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bevt_core.config import at_least, from_dict, non_empty, option, to_dict
+from bevt_core.samples import SampleData
+from bevt_core.samples.command import DataSettings, SamplesConfig
+from bevt_core.samples.command import run as fetch_samples
+from bevt_core.stages import finetune, pretrain_image, pretrain_joint, shard, tokenize
+from bevt_core.stages.training import TrainStageResult
+from bevt_core.tokenizers import CODEBOOK_FILE
+from bevt_core.tracking.config import TrackingConfig
+
+ARMS = ("scratch", "image", "video", "joint")
+UNTRACKED = {"uri": "none"}  # the study's many runs are summed up in study.json, not each in MLflow
+TASKS = {"camera-motion": "ssv2-tiny", "scene": "k400-tiny"}  # task -> finetune preset
+
+
+def arms_check(value) -> str | None:
+    unknown = [a for a in value if a not in ARMS]
+    return f"unknown arms {unknown}; choose from {', '.join(ARMS)}" if unknown else None
+
+
+@dataclass
+class StudyConfig:
+    work_dir: str = option("work/study", help="Where the study writes its runs, study.json, study.md and study.png.")
+    seeds: tuple[int, ...] = option(
+        (0, 1, 2), help="Seeds: each repeats every pretraining and finetuning run.", check=non_empty
+    )
+    arms: tuple[str, ...] = option(ARMS, help=f"Initialisations to compare: {', '.join(ARMS)}.", check=arms_check)
+    max_steps: int = option(
+        0,
+        help="Cut every pretraining and finetuning run to this many steps (0: the presets' "
+        "epochs); for smoke runs, not for numbers.",
+        check=at_least(0),
+    )
+    samples: SamplesConfig = option(SamplesConfig, help="The sample data.")
+    data: DataSettings = option(DataSettings, help="Sharding and tokenizing (shards and tokens in work_dir/data).")
+
+
+@dataclass
+class Cell:
+    arm: str
+    task: str
+    top1: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.top1)
+
+    @property
+    def spread(self) -> float:
+        return statistics.stdev(self.top1) if len(self.top1) > 1 else 0.0
+
+
+@dataclass
+class StudyResult:
+    work_dir: str
+    seeds: tuple[int, ...]
+    cells: list[Cell]
+    chance: dict[str, float]
+    pretraining: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)  # seed -> arm -> last losses
+    failed: str = ""
+
+    def table(self) -> str:
+        tasks = list(self.chance)
+        lines = [
+            "| initialisation | " + " | ".join(f"{t} top-1" for t in tasks) + " |",
+            "|---" * (len(tasks) + 1) + "|",
+        ]
+        for arm in dict.fromkeys(c.arm for c in self.cells):
+            row = {c.task: c for c in self.cells if c.arm == arm}
+            lines.append(f"| {arm} | " + " | ".join(f"{row[t].mean:.1%} ± {row[t].spread:.1%}" for t in tasks) + " |")
+        lines.append("| chance | " + " | ".join(f"{self.chance[t]:.1%}" for t in tasks) + " |")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        return (
+            f"BEVT-mini: single-view val top-1, mean ± std over seeds {list(self.seeds)}\n{self.table()}\n"
+            f"written to {self.work_dir}/study.md, study.json, study.png"
+        )
+
+
+def _pretrain(cfg: StudyConfig, prepared: Path, seed: int) -> dict[str, TrainStageResult | None]:
+    """The pretraining run behind each arm for one seed (None: from scratch)."""
+
+    def run_opts(name: str) -> dict:
+        return {"work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / name), "seed": seed}
+
+    def stage(extra: dict, name: str) -> dict:
+        return {
+            "preset": "tiny",
+            **extra,
+            "run": run_opts(name),
+            "schedule": {"max_steps": cfg.max_steps},
+            "tracking": UNTRACKED,
+        }
+
+    shards, tokens = prepared / "shards", prepared / "tokens"
+    video = {"videos": str(shards / "camera-motion" / "train"), "video_tokens": str(tokens / "camera-motion" / "train")}
+    images = {"images": str(shards / "images"), "image_tokens": str(tokens / "images")}
+    runs: dict[str, TrainStageResult | None] = {"scratch": None}
+    if {"image", "joint"} & set(cfg.arms):
+        runs["image"] = pretrain_image.run(
+            from_dict(pretrain_image.PretrainImageConfig, stage(images, "pretrain-image"))
+        )
+    if "joint" in cfg.arms:
+        runs["joint"] = pretrain_joint.run(
+            from_dict(
+                pretrain_joint.PretrainJointConfig,
+                stage({**video, **images, "init": runs["image"].weights}, "pretrain-joint"),
+            )
+        )
+    if "video" in cfg.arms:
+        runs["video"] = pretrain_joint.run(
+            from_dict(pretrain_joint.PretrainJointConfig, stage(video, "pretrain-video"))
+        )
+    return runs
+
+
+def _plot(result: StudyResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, arms = list(result.chance), list(dict.fromkeys(c.arm for c in result.cells))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        cells = [next(c for c in result.cells if c.arm == a and c.task == task) for a in arms]
+        ax.bar(arms, [c.mean for c in cells], yerr=[c.spread for c in cells], capsize=4, color="#4c72b0")
+        ax.axhline(result.chance[task], color="#c44e52", linestyle="--", label="chance")
+        ax.set_title(task)
+        ax.set_ylabel("val top-1")
+        ax.set_ylim(0, 1.15)  # headroom for the legend above full-accuracy bars
+        ax.legend(loc="upper right")
+    fig.suptitle(f"BEVT-mini: finetune accuracy by initialisation ({len(result.seeds)} seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def prepare(d: DataSettings, data: SampleData, work: Path) -> str:
+    """Shard both sample tasks and the images, then tokenize the pretraining sets with one codebook,
+    fitted on the camera-motion videos (the video and image streams share the lm_head, so they must
+    share the tokenizer); returns what failed, or "". Both stages skip what is already done."""
+    jobs = []
+    for task in (data.camera_motion, data.scene):
+        for split, listing in (("train", task.train_list), ("val", task.val_list)):
+            jobs.append(
+                (
+                    f"shard {task.name}/{split}",
+                    shard.ShardConfig(
+                        input=str(listing),
+                        root=str(task.root),
+                        classes=str(task.root / "classes.txt"),
+                        output=str(work / "shards" / task.name / split),
+                        modality="video",
+                        frame_interval=d.frame_interval,
+                        short_side=d.short_side,
+                        samples_per_shard=32,
+                        max_reject_rate=0.0,
+                        tracking=TrackingConfig("none"),
+                    ),
+                )
+            )
+    jobs.append(
+        (
+            "shard images",
+            shard.ShardConfig(
+                input=str(data.images_list),
+                root=str(data.images_root),
+                output=str(work / "shards" / "images"),
+                modality="image",
+                short_side=d.short_side,
+                samples_per_shard=256,
+                max_reject_rate=0.0,
+                tracking=TrackingConfig("none"),
+            ),
+        )
+    )
+    for name, stage_cfg in jobs:
+        out = shard.run(stage_cfg)
+        if out.failed:
+            return f"{name}: {out.failed}"
+    sets = ["camera-motion/train", "images"]
+    fitted = work / "tokens" / sets[0] / CODEBOOK_FILE
+    for name in sets:
+        tokenize.run(
+            tokenize.TokenizeConfig(
+                input=str(work / "shards" / name),
+                output=str(work / "tokens" / name),
+                tokenizer="codebook",
+                codebook="" if name == sets[0] else str(fitted),
+                codebook_size=d.codebook_size,
+                views=d.views,
+                crop=d.crop,
+                device="cpu",
+                tracking=TrackingConfig("none"),
+            )
+        )
+    return ""
+
+
+def finetune_cell(
+    cfg: StudyConfig, prepared: Path, seed: int, cell: Cell, init: TrainStageResult | None
+) -> TrainStageResult:
+    return finetune.run(
+        from_dict(
+            finetune.FinetuneConfig,
+            {
+                "preset": TASKS[cell.task],
+                "train": str(prepared / "shards" / cell.task / "train"),
+                "val": str(prepared / "shards" / cell.task / "val"),
+                "init": init.weights if init else "",
+                "run": {
+                    "work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / f"finetune-{cell.task}-{cell.arm}"),
+                    "seed": seed,
+                },
+                "schedule": {"max_steps": cfg.max_steps},
+                "tracking": UNTRACKED,
+            },
+        )
+    )
+
+
+def run_seed(cfg: StudyConfig, prepared: Path, seed: int, result: StudyResult) -> str:
+    """Every pretraining and finetuning run of one seed into ``result``; returns what failed, or ""."""
+    runs = _pretrain(cfg, prepared, seed)
+    failed = [f"pretraining for {arm}, seed {seed}: {r.failed}" for arm, r in runs.items() if r and r.failed]
+    if failed:
+        return failed[0]
+    result.pretraining[seed] = {arm: r.last for arm, r in runs.items() if r}
+    for cell in result.cells:
+        tuned = finetune_cell(cfg, prepared, seed, cell, runs[cell.arm])
+        if tuned.failed:
+            return f"finetune {cell.task} from {cell.arm}, seed {seed}: {tuned.failed}"
+        cell.top1.append(tuned.val["top1"])
+        result.chance[cell.task] = tuned.val["chance"]
+        print(f"seed {seed}: {cell.task} from {cell.arm}: val top-1 {tuned.val['top1']:.1%}", flush=True)
+    return ""
+
+
+def write(result: StudyResult, cfg: StudyConfig, out: Path) -> None:
+    cells = [{"arm": c.arm, "task": c.task, "top1": c.top1, "mean": c.mean, "std": c.spread} for c in result.cells]
+    record = {
+        "config": to_dict(cfg),
+        "chance": result.chance,
+        "pretraining_last_losses": result.pretraining,
+        "cells": cells,
+    }
+    (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "study.md").write_text(f"# BEVT-mini\n\n{result.summary()}\n")
+    _plot(result, out / "study.png")
+
+
+def run(cfg: StudyConfig) -> StudyResult:
+    data = fetch_samples(cfg.samples).data
+    out = Path(cfg.work_dir)
+    prepared = out / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    result = StudyResult(str(out), tuple(cfg.seeds), [Cell(a, t) for a in cfg.arms for t in TASKS], {})
+    result.failed = prepare(cfg.data, data, prepared)
+    for seed in cfg.seeds:
+        if result.failed:
+            return result
+        result.failed = run_seed(cfg, prepared, seed, result)
+    if not result.failed:
+        write(result, cfg, out)
+    return result
