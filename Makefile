@@ -1,5 +1,5 @@
 # The two commands of the README, plus the benchmarks. Each target sets up what it needs.
-.PHONY: demo test bench venv images test-images
+.PHONY: demo test lint bench venv images test-images
 
 venv:
 	@bash .ci/setup.sh
@@ -7,11 +7,17 @@ venv:
 demo: venv
 	.venv/bin/bevt demo
 
-test: venv
+test: lint
 	.venv/bin/python -m pytest
 
+# The house rules (pyproject.toml): imports flow one way (README: Layout), ruff's lint and format.
+lint: venv
+	.venv/bin/lint-imports
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
 # The stage images (docker/): built with docker, or podman (installed when missing). Names and tags:
-# bevt_core/kube/images.py (BEVT_IMAGE_REGISTRY, BEVT_IMAGE_TAG). Seconds when nothing changed.
+# bevt_core/images.py (BEVT_IMAGE_REGISTRY, BEVT_IMAGE_TAG). Seconds when nothing changed.
 images:
 	bash docker/build.sh
 

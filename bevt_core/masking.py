@@ -1,4 +1,4 @@
-"""Mask generators of BEVT (spec §3): BEiT block masks for images, tube masks for video.
+"""Mask generators of BEVT (docs/official-behaviour.md §3): BEiT block masks for images, tube masks for video.
 
 Masks are numpy bool arrays, True = masked. Every draw takes its random source as an argument
 (``random.Random`` or ``numpy.random.Generator``), so a loader can derive one per sample from
@@ -88,7 +88,7 @@ class BlockMaskGenerator:
 
 @dataclass(frozen=True)
 class TubeMaskGenerator:
-    """One block mask repeated over a cyclic run of temporal slots (spec §3).
+    """One block mask repeated over a cyclic run of temporal slots (docs/official-behaviour.md §3).
 
     A clip of ``num_frames`` frames has ``num_frames / temporal_scale`` slots, one per 2-frame
     tubelet. The run starts anywhere and its length is uniform over ``tube_range`` of the slots

@@ -25,23 +25,14 @@ def evaluate(
     import json
 
     from bevt_core import storage
-    from bevt_core.config import from_dict
     from bevt_core.kube import kfp_io
     from bevt_core.stages import evaluate as stage
 
-    cfg = from_dict(
-        stage.EvaluateConfig,
-        {
-            "weights": kfp_io.weights(model),
-            "data": data.path,
-            "output": results.path,
-            "preset": preset,
-            "workers": workers,
-            "tracking": kfp_io.tracking(tracking_uri, parent_run_id, run_label),
-        },
+    cfg = kfp_io.stage_config(
+        stage.EvaluateConfig, locals(), weights=kfp_io.weights(model), data=data.path, output=results.path
     )
     result = stage.run(cfg)
-    kfp_io.publish(result, metrics, report, "evaluate")
+    kfp_io.publish(result, metrics, report, f"evaluate {run_label}")
     scores = json.loads(storage.read_bytes(result.files["metrics"]))
     confusion.log_confusion_matrix(scores["classes"], scores["confusion"])
     kfp_io.write_metadata(confusion)

@@ -23,26 +23,17 @@ def pretrain_image(
     parent_run_id: str = "",
 ):
     """``epochs`` / ``batch_size`` 0: the preset's."""
-    from bevt_core.config import from_dict
-    from bevt_core.kube.kfp_io import publish, record_weights, tracking
+    from bevt_core.kube import kfp_io
     from bevt_core.stages import pretrain_image as stage
 
-    cfg = from_dict(
+    parameters = locals()
+    cfg = kfp_io.stage_config(
         stage.PretrainImageConfig,
-        {
-            "images": images.path,
-            "image_tokens": image_tokens.path,
-            "preset": preset,
-            "schedule": {"epochs": epochs or None, "max_steps": max_steps},
-            "run": {
-                "work_dir": model.path,
-                "batch_size": batch_size or None,
-                "workers": workers,
-                "log_every": log_every,
-            },
-            "tracking": tracking(tracking_uri, parent_run_id),
-        },
+        parameters,
+        images=images.path,
+        image_tokens=image_tokens.path,
+        **kfp_io.training_sections(parameters, model.path),
     )
     result = stage.run(cfg)
-    record_weights(model, result.weights)
-    publish(result, metrics, report, "pretrain-image")
+    kfp_io.record_weights(model, result.weights)
+    kfp_io.publish(result, metrics, report, "pretrain-image")

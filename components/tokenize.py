@@ -27,30 +27,13 @@ def tokenize(
     """``codebook_from`` (tokenizer codebook): the tokens of another tokenize step whose fitted
     codebook to reuse, so the video and image streams share one vocabulary."""
     from bevt_core import storage
-    from bevt_core.config import from_dict
-    from bevt_core.kube.kfp_io import publish, tracking
+    from bevt_core.kube import kfp_io
     from bevt_core.stages import tokenize as stage
     from bevt_core.tokenizers import CODEBOOK_FILE
 
-    cfg = from_dict(
-        stage.TokenizeConfig,
-        {
-            "input": data.path,
-            "output": tokens.path,
-            "tokenizer": tokenizer,
-            "weights": weights,
-            "sha256": sha256,
-            "views": views,
-            "crop": crop,
-            "codebook_size": codebook_size,
-            "fit_samples": fit_samples,
-            "codebook": (
-                storage.join(codebook_from.path, CODEBOOK_FILE)
-                if codebook_from is not None and tokenizer == "codebook"
-                else ""
-            ),
-            "progress": False,
-            "tracking": tracking(tracking_uri, parent_run_id, run_label),
-        },
+    fitted = codebook_from is not None and tokenizer == "codebook"
+    codebook = storage.join(codebook_from.path, CODEBOOK_FILE) if fitted else ""
+    cfg = kfp_io.stage_config(
+        stage.TokenizeConfig, locals(), input=data.path, output=tokens.path, codebook=codebook, progress=False
     )
-    publish(stage.run(cfg), metrics, report, "tokenize")
+    kfp_io.publish(stage.run(cfg), metrics, report, f"tokenize {run_label}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the stage images:  docker/build.sh [cpu] [cuda] [mlflow]   (no argument: all three)
 #
-# Names and tags come from bevt_core/kube/images.py (BEVT_IMAGE_REGISTRY / BEVT_IMAGE_TAG), the
+# Names and tags come from bevt_core/images.py (BEVT_IMAGE_REGISTRY / BEVT_IMAGE_TAG), the
 # place the KFP components and the k8s manifests read them from. The engine is docker or podman
 # (docker/engine.sh: podman is installed and configured when there is no Docker daemon). The base
 # is debian:bookworm; when no registry can be reached it is made here with debootstrap (same

@@ -1,9 +1,8 @@
 """The BEVT pipeline: shard -> tokenize -> pretrain-image -> pretrain-joint (PyTorchJob) -> finetune -> evaluate.
 
-Run-time parameters are :class:`pipelines.cli.PipelineParams` (same names and
-defaults; a test checks). Cluster settings that KFP fixes at compile time (GPU accelerator, node
-selection, tolerations, /dev/shm, Secrets and ConfigMap as env, retries, resources) come from
-:data:`CLUSTER`; the local runner ignores them.
+Run-time parameters are the fields of :class:`pipelines.params.PipelineParams`. Cluster settings that
+KFP fixes at compile time (GPU accelerator, node selection, tolerations, /dev/shm, Secrets and ConfigMap
+as env, retries, resources) come from :data:`CLUSTER` and the step sizes; the local runner ignores them.
 """
 
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from components.evaluate import evaluate
 from components.finetune import finetune
 from components.pretrain_image import pretrain_image
 from components.pretrain_joint import pretrain_joint
-from components.shard import shard_images, shard_videos
+from components.shard import shard
 from components.tokenize import tokenize
 from pipelines.params import PipelineParams, takes
 
@@ -41,27 +40,47 @@ class ClusterSettings:
 CLUSTER = ClusterSettings()
 
 
-def _common(task: dsl.PipelineTask, cpu: str, memory: str, retries: int) -> dsl.PipelineTask:
-    task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
-    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
-    # S3 credentials by reference; endpoints and the tracking URI from the bevt-env ConfigMap (k8s/base).
-    kubernetes.use_secret_as_env(
-        task, S3_SECRET, {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY"}
-    )
-    kubernetes.use_config_map_as_env(task, ENV_CONFIG_MAP, {k: k for k in CLUSTER.env_keys}, optional=True)
-    return task
+@dataclass(frozen=True)
+class Size:
+    """What a step asks of its node."""
+
+    cpu: str
+    memory: str
+    retries: int
+    gpu: bool = False
 
 
-def _gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
+DATA = Size("8", "16Gi", CLUSTER.data_retries)
+TOKENIZE = Size("8", "32Gi", CLUSTER.data_retries, gpu=True)
+TRAIN = Size("8", "64Gi", CLUSTER.train_retries, gpu=True)
+EVALUATE = Size("8", "32Gi", CLUSTER.data_retries, gpu=True)
+# The launcher steps only watch their PyTorchJob: small, no GPU. In local mode torchrun runs inside them.
+LAUNCHER = Size("1", "2Gi", CLUSTER.train_retries)
+
+
+def _gpu(task: dsl.PipelineTask) -> None:
     task.set_accelerator_type(CLUSTER.accelerator).set_accelerator_limit(CLUSTER.gpus_per_step)
     for key, value in CLUSTER.gpu_node_selector:
         kubernetes.add_node_selector(task, key, value)
     for key, value, effect in CLUSTER.gpu_tolerations:
-        kubernetes.add_toleration(
-            task, key=key, operator="Equal" if value else "Exists", value=value or None, effect=effect
-        )
+        operator = "Equal" if value else "Exists"
+        kubernetes.add_toleration(task, key=key, operator=operator, value=value or None, effect=effect)
     # DataLoader workers hand batches over through /dev/shm (64 MiB by default in a pod).
     kubernetes.empty_dir_mount(task, "dshm", "/dev/shm", medium="Memory", size_limit=CLUSTER.shm_size)
+
+
+def step(task: dsl.PipelineTask, name: str, size: Size) -> dsl.PipelineTask:
+    """``task`` sized, retried (every stage resumes where it stopped) and given its credentials."""
+    task.set_display_name(name)
+    task.set_cpu_request(size.cpu).set_cpu_limit(size.cpu).set_memory_request(size.memory)
+    task.set_memory_limit(size.memory)
+    task.set_retry(num_retries=size.retries, backoff_duration="60s", backoff_factor=2.0)
+    # S3 credentials by reference; endpoints and the tracking URI from the bevt-env ConfigMap (k8s/base).
+    keys = {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY"}
+    kubernetes.use_secret_as_env(task, S3_SECRET, keys)
+    kubernetes.use_config_map_as_env(task, ENV_CONFIG_MAP, {k: k for k in CLUSTER.env_keys}, optional=True)
+    if size.gpu:
+        _gpu(task)
     return task
 
 
@@ -70,8 +89,8 @@ def _gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
 def bevt_pipeline(p: Any) -> None:
     # Every step's MLflow run goes to one store and nests under the pipeline's parent run.
     tracked = dict(tracking_uri=p.tracking_uri, parent_run_id=p.parent_run_id)
-    pt_videos = _common(
-        shard_videos(
+    videos = step(
+        shard(
             input_list=p.pretrain_videos,
             root=p.videos_root,
             frame_interval=p.pretrain_frame_interval,
@@ -79,17 +98,23 @@ def bevt_pipeline(p: Any) -> None:
             run_label="pretraining videos",
             **tracked,
         ),
-        "8",
-        "16Gi",
-        CLUSTER.data_retries,
-    ).set_display_name("shard pretraining videos")
-    pt_images = _common(
-        shard_images(input_list=p.images, root=p.images_root, short_side=p.short_side, run_label="images", **tracked),
-        "8",
-        "16Gi",
-        CLUSTER.data_retries,
-    ).set_display_name("shard images")
-    tokenizer_args = dict(
+        "shard pretraining videos",
+        DATA,
+    ).outputs["shards"]
+    images = step(
+        shard(
+            input_list=p.images,
+            root=p.images_root,
+            modality="image",
+            short_side=p.short_side,
+            samples_per_shard=256,
+            run_label="images",
+            **tracked,
+        ),
+        "shard images",
+        DATA,
+    ).outputs["shards"]
+    tokenizing = dict(
         tokenizer=p.tokenizer,
         weights=p.tokenizer_weights,
         sha256=p.tokenizer_sha256,
@@ -98,70 +123,44 @@ def bevt_pipeline(p: Any) -> None:
         codebook_size=p.codebook_size,
         **tracked,
     )
-    video_tokens = _gpu(
-        _common(
-            tokenize(data=pt_videos.outputs["shards"], run_label="videos", **tokenizer_args),
-            "8",
-            "32Gi",
-            CLUSTER.data_retries,
-        )
-    ).set_display_name("tokenize videos")
+    video_tokens = step(tokenize(data=videos, run_label="videos", **tokenizing), "tokenize videos", TOKENIZE).outputs[
+        "tokens"
+    ]
     # The image stream reuses the codebook fitted on the videos: one vocabulary for the shared lm_head.
-    image_tokens = _gpu(
-        _common(
-            tokenize(
-                data=pt_images.outputs["shards"],
-                codebook_from=video_tokens.outputs["tokens"],
-                run_label="images",
-                **tokenizer_args,
-            ),
-            "8",
-            "32Gi",
-            CLUSTER.data_retries,
-        )
-    ).set_display_name("tokenize images")
-    train_args = dict(max_steps=p.max_steps, workers=p.workers, log_every=p.log_every, **tracked)
-    image_model = _gpu(
-        _common(
-            pretrain_image(
-                images=pt_images.outputs["shards"],
-                image_tokens=image_tokens.outputs["tokens"],
-                preset=p.recipe,
-                epochs=p.image_epochs,
-                **train_args,
-            ),
-            "8",
-            "64Gi",
-            CLUSTER.train_retries,
-        )
-    ).set_display_name("pretrain image stream")
+    image_tokens = step(
+        tokenize(data=images, codebook_from=video_tokens, run_label="images", **tokenizing), "tokenize images", TOKENIZE
+    ).outputs["tokens"]
+    training = dict(max_steps=p.max_steps, workers=p.workers, log_every=p.log_every, **tracked)
+    image_model = step(
+        pretrain_image(images=images, image_tokens=image_tokens, preset=p.recipe, epochs=p.image_epochs, **training),
+        "pretrain image stream",
+        TRAIN,
+    ).outputs["model"]
     placement = dict(
         mode=p.distributed_mode, gpus_per_node=p.gpus_per_node, namespace=p.namespace, image=p.trainer_image
     )
-    # The launcher steps only watch their PyTorchJob: small, no GPU. In local mode torchrun runs inside them.
-    joint = _common(
+    joint_model = step(
         pretrain_joint(
-            videos=pt_videos.outputs["shards"],
-            video_tokens=video_tokens.outputs["tokens"],
-            images=pt_images.outputs["shards"],
-            image_tokens=image_tokens.outputs["tokens"],
-            init=image_model.outputs["model"],
+            videos=videos,
+            video_tokens=video_tokens,
+            images=images,
+            image_tokens=image_tokens,
+            init=image_model,
             preset=p.recipe,
             epochs=p.joint_epochs,
             nodes=p.nodes,
             min_nodes=p.min_nodes,
             procs_per_node=p.procs_per_node,
-            **train_args,
+            **training,
             **placement,
         ),
-        "1",
-        "2Gi",
-        CLUSTER.train_retries,
-    ).set_display_name("pretrain joint")
+        "pretrain joint",
+        LAUNCHER,
+    ).outputs["model"]
     # Every downstream task from the one pretrained model: items are FinetuneTask mappings. (Their field
     # names avoid `name` and `task`, which are attributes of the loop variable itself.)
     with dsl.ParallelFor(p.finetune_tasks) as task:
-        shard_task = dict(
+        clips = dict(
             root=task.root,
             classes=task.classes,
             frame_interval=task.frame_interval,
@@ -169,42 +168,27 @@ def bevt_pipeline(p: Any) -> None:
             run_label=task.run_label,
             **tracked,
         )
-        ft_train = _common(
-            shard_videos(input_list=task.train_list, **shard_task), "8", "16Gi", CLUSTER.data_retries
-        ).set_display_name("shard finetune train")
-        ft_val = _common(
-            shard_videos(input_list=task.val_list, **shard_task), "8", "16Gi", CLUSTER.data_retries
-        ).set_display_name("shard finetune val")
-        tuned = _common(
+        train = step(shard(input_list=task.train_list, **clips), "shard finetune train", DATA).outputs["shards"]
+        val = step(shard(input_list=task.val_list, **clips), "shard finetune val", DATA).outputs["shards"]
+        tuned = step(
             finetune(
-                train=ft_train.outputs["shards"],
-                val=ft_val.outputs["shards"],
-                init=joint.outputs["model"],
+                train=train,
+                val=val,
+                init=joint_model,
                 preset=task.preset,
                 epochs=p.finetune_epochs,
                 nodes=p.finetune_nodes,
                 procs_per_node=p.finetune_procs_per_node,
                 register_as=task.register_as,
                 run_label=task.run_label,
-                **train_args,
+                **training,
                 **placement,
             ),
-            "1",
-            "2Gi",
-            CLUSTER.train_retries,
-        ).set_display_name("finetune")
-        _gpu(
-            _common(
-                evaluate(
-                    model=tuned.outputs["model"],
-                    data=ft_val.outputs["shards"],
-                    preset=task.preset,
-                    workers=p.workers,
-                    run_label=task.run_label,
-                    **tracked,
-                ),
-                "8",
-                "32Gi",
-                CLUSTER.data_retries,
-            )
-        ).set_display_name("evaluate")
+            "finetune",
+            LAUNCHER,
+        ).outputs["model"]
+        step(
+            evaluate(model=tuned, data=val, preset=task.preset, workers=p.workers, run_label=task.run_label, **tracked),
+            "evaluate",
+            EVALUATE,
+        )

@@ -75,23 +75,23 @@ class DemoResult:
 
 def outcome(row: StageRow, chance: dict[str, float]) -> str:
     """One line of what a step's run measured."""
-    m = row.metrics
+    metrics = row.metrics
     nan = float("nan")
     if row.stage == "evaluate":
         extra = f" (chance {chance[row.label]:.1%})" if row.label in chance else ""
-        return f"top-1 {m.get('top1', nan):.1%}, top-5 {m.get('top5', nan):.1%}{extra}"
+        return f"top-1 {metrics.get('top1', nan):.1%}, top-5 {metrics.get('top5', nan):.1%}{extra}"
     if row.stage == "finetune":
-        return f"loss {m.get('loss', nan):.3f}, single-view val top-1 {m.get('val_top1', nan):.1%}"
+        return f"loss {metrics.get('loss', nan):.3f}, single-view val top-1 {metrics.get('val_top1', nan):.1%}"
     if row.stage == "pretrain-joint":
-        return f"loss_video {m.get('loss_video', nan):.3f}, acc_video {m.get('acc_video', nan):.1%}" + (
-            f", loss_image {m['loss_image']:.3f}" if "loss_image" in m else ""
+        return f"loss_video {metrics.get('loss_video', nan):.3f}, acc_video {metrics.get('acc_video', nan):.1%}" + (
+            f", loss_image {metrics['loss_image']:.3f}" if "loss_image" in metrics else ""
         )
     if row.stage == "pretrain-image":
-        return f"loss {m.get('loss', nan):.3f}"
+        return f"loss {metrics.get('loss', nan):.3f}"
     if row.stage == "tokenize":
-        return f"{m.get('samples', 0):.0f} samples, vocab {m.get('vocab_size', 0):.0f}"
+        return f"{metrics.get('samples', 0):.0f} samples, vocab {metrics.get('vocab_size', 0):.0f}"
     if row.stage == "shard":
-        return f"{m.get('ok', 0):.0f}/{m.get('items', 0):.0f} items"
+        return f"{metrics.get('ok', 0):.0f}/{metrics.get('items', 0):.0f} items"
     return ""
 
 
@@ -101,7 +101,7 @@ REGISTERED = "bevt-demo-{task}"  # the registered model of each task
 
 def pipeline_config(cfg: DemoConfig, data: SampleData, work: Path, tracking_uri: str) -> PipelineConfig:
     """The pipeline run of the demo: the tiny recipes on the sample tasks, every step on this machine."""
-    d = cfg.data
+    settings = cfg.data
     tasks = [
         {
             "run_label": task.name,
@@ -110,7 +110,7 @@ def pipeline_config(cfg: DemoConfig, data: SampleData, work: Path, tracking_uri:
             "root": str(task.root),
             "classes": str(task.root / "classes.txt"),
             "preset": preset,
-            "frame_interval": d.frame_interval,
+            "frame_interval": settings.frame_interval,
             "register_as": REGISTERED.format(task=task.name),
         }
         for task, preset in ((data.scene, "k400-tiny"), (data.camera_motion, "ssv2-tiny"))
@@ -123,11 +123,11 @@ def pipeline_config(cfg: DemoConfig, data: SampleData, work: Path, tracking_uri:
         "finetune_tasks": tasks,
         "recipe": "tiny",
         "tokenizer": "codebook",
-        "views": d.views,
-        "crop": d.crop,
-        "codebook_size": d.codebook_size,
-        "pretrain_frame_interval": d.frame_interval,
-        "short_side": d.short_side,
+        "views": settings.views,
+        "crop": settings.crop,
+        "codebook_size": settings.codebook_size,
+        "pretrain_frame_interval": settings.frame_interval,
+        "short_side": settings.short_side,
         "max_steps": cfg.max_steps,
         "procs_per_node": cfg.processes,
         "workers": cfg.workers,

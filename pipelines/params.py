@@ -103,7 +103,7 @@ class PipelineParams:
         choices=("kubernetes", "local"),
     )
     namespace: str = option("", help="Namespace of the PyTorchJobs (default: the launcher's).")
-    trainer_image: str = option("", help="Image of the PyTorchJobs (default: bevt_core.kube.images).")
+    trainer_image: str = option("", help="Image of the PyTorchJobs (default: bevt_core.images).")
     tracking_uri: str = option(
         "auto",
         help="MLflow tracking URI of every stage (k8s: http://bevt-mlflow:5000; "

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from tests.services import mlflow_server as start_mlflow_server
+from tests.services import seaweedfs
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.services import mlflow_server as start_mlflow_server  # noqa: E402
-from tests.services import seaweedfs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,19 @@ def mlflow_server(s3_server, tmp_path_factory):
 def bevt_cli() -> list[str]:
     """The installed console script, run as a separate process like a user would."""
     return [str(Path(sys.executable).parent / "bevt")]
+
+
+def run_pipeline_locally(config: dict, path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``bevt pipeline --config PATH`` with ``config`` (``action: run-local``) written to ``path``, as a user
+    runs it; the local runner may not reach a package index."""
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [*bevt_cli(), "pipeline", "--config", str(path)],
+        env=env | {"PIP_NO_INDEX": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ def _decode_pyav(source: Path | bytes, frame_interval: int, max_frames: int) -> 
 
 
 # MPEG program/elementary/transport streams carry no frame index: decord's seeks there land on
-# the wrong frames (seen on real MPEG-2 footage: frame 30 came from seconds later), so those go
+# frames far from the ones asked for (seconds away on MPEG-2 footage), so those go
 # straight to PyAV, which decodes sequentially.
 def _indexless(head: bytes) -> bool:
     ts = len(head) > 188 and head[0] == head[188] == 0x47  # 188-byte transport packets

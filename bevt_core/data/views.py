@@ -1,6 +1,6 @@
 """Augmentation views: the complete spatial augmentation of one sample, drawn once, replayed exactly.
 
-A :class:`View` is the official BEVT pretraining augmentation (spec §4.4) with every random
+A :class:`View` is the official BEVT pretraining augmentation (docs/official-behaviour.md §4.4) with every random
 choice made: short side rescaled to U{256..320} (bicubic, aspect kept, mmcv's rounding), a crop
 whose offsets are ``randint(0, side - crop)`` with the upper bound exclusive as in mmaction's
 ``RandomCrop``, a horizontal flip with p=0.5, and for images a colour jitter (brightness,

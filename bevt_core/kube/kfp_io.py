@@ -28,10 +28,39 @@ def location(artifact: Any, mode: str = "local") -> str:
     return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
 
 
-def tracking(uri: str, parent_run_id: str, run_label: str = "") -> dict[str, str]:
-    """The stage config's ``tracking`` section from a component's parameters. KFP passes them one by one: a
-    mapping of pipeline parameters is left unresolved by most KFP backends (kubeflow/pipelines#12204)."""
-    return {"uri": uri, "parent_run_id": parent_run_id, "run_label": run_label}
+def tracking_section(parameters: dict[str, Any]) -> dict[str, str]:
+    """The stage config's ``tracking`` section from a component's parameters (``tracking_uri``,
+    ``parent_run_id``, ``run_label``). KFP passes them one by one: a mapping built from pipeline parameters
+    is left unresolved by most KFP backends (kubeflow/pipelines#12204)."""
+    return {
+        "uri": parameters["tracking_uri"],
+        "parent_run_id": parameters["parent_run_id"],
+        "run_label": parameters.get("run_label", ""),
+    }
+
+
+def training_sections(parameters: dict[str, Any], work_dir: str) -> dict[str, dict]:
+    """A training stage's ``schedule`` and ``run`` sections from a component's parameters (``epochs``,
+    ``max_steps``, ``batch_size``, ``workers``, ``log_every``; 0 epochs or batch size: the preset's)."""
+    return {
+        "schedule": {"epochs": parameters["epochs"] or None, "max_steps": parameters["max_steps"]},
+        "run": {
+            "work_dir": work_dir,
+            "batch_size": parameters["batch_size"] or None,
+            "workers": parameters["workers"],
+            "log_every": parameters["log_every"],
+        },
+    }
+
+
+def stage_config(cls: type, parameters: dict[str, Any], **fields: Any) -> Any:
+    """Stage config ``cls`` from a component's parameters (its ``locals()``): those named like a field of
+    ``cls``, the tracking ones as its tracking section, then ``fields`` (artifact locations, sections)."""
+    from bevt_core.config import from_dict
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {name: value for name, value in parameters.items() if name in names}
+    return from_dict(cls, values | {"tracking": tracking_section(parameters)} | fields)
 
 
 def weights(model: Any, mode: str = "local") -> str:

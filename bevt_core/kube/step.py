@@ -33,7 +33,7 @@ class Placement:
     gpus_per_node: int = 0  # kubernetes: GPUs per replica; torchrun starts one rank per GPU
     procs_per_node: int = 1  # ranks per node without GPUs; local mode: always the processes started here
     namespace: str = ""
-    image: str = ""  # default: the stage's image from bevt_core.kube.images
+    image: str = ""  # default: the stage's image from bevt_core.images
     timeout_s: float = 7 * 24 * 3600.0
     cpu: str = "8"
     memory: str = "64Gi"
@@ -133,19 +133,12 @@ class TrainStep:
 
     def run(self, stage: str, inputs: dict[str, Any], model: Any, metrics: Any, report: Any) -> None:
         """``inputs``: the stage's data and init fields; the model artifact is its work directory."""
+        parameters = vars(self)
         result = run_stage(
             stage,
             inputs
-            | {
-                "schedule": {"epochs": self.epochs or None, "max_steps": self.max_steps},
-                "run": {
-                    "work_dir": self.location(model),
-                    "batch_size": self.batch_size or None,
-                    "workers": self.workers,
-                    "log_every": self.log_every,
-                },
-                "tracking": kfp_io.tracking(self.tracking_uri, self.parent_run_id, self.run_label),
-            },
+            | kfp_io.training_sections(parameters, self.location(model))
+            | {"tracking": kfp_io.tracking_section(parameters)},
             Placement(
                 mode=self.mode,
                 nodes=self.nodes,

@@ -1,4 +1,4 @@
-"""Finetune / evaluation clips from data shards (spec §5.1).
+"""Finetune / evaluation clips from data shards (docs/official-behaviour.md §5.1).
 
 Frame sampling over a video's *stored* frames (the shard already applied its temporal stride):
 ``interval`` is K400's ``SampleFrames`` (random start, fixed interval, wrap around; test clips

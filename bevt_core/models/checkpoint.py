@@ -1,4 +1,4 @@
-"""Checkpoint I/O with the official Video Swin / BEVT key names (spec §1.10-1.11).
+"""Checkpoint I/O with the official Video Swin / BEVT key names (docs/official-behaviour.md §1.10-1.11).
 
 Reads official mmaction2 files and ours alike, from a local path or ``s3://``:
 
@@ -79,7 +79,8 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
 
 
 def interpolate_bias_table(table: torch.Tensor, src_window: Triple, dst_window: Triple) -> torch.Tensor:
-    """Resize a ((2Wd-1)(2Wh-1)(2Ww-1), nH) table trilinearly over its offset grid (spec §1.10)."""
+    """Resize a ((2Wd-1)(2Wh-1)(2Ww-1), nH) table trilinearly over its offset grid
+    (docs/official-behaviour.md §1.10)."""
     src_grid = tuple(2 * w - 1 for w in src_window)
     dst_grid = tuple(2 * w - 1 for w in dst_window)
     num_heads = table.shape[1]
@@ -91,7 +92,8 @@ def interpolate_bias_table(table: torch.Tensor, src_window: Triple, dst_window: 
 def inflate_2d_checkpoint(
     state_dict_2d: Mapping[str, torch.Tensor], window_size: Triple, temporal_patch: int = 2
 ) -> dict[str, torch.Tensor]:
-    """A 2D Swin state dict as the 3D backbone's, keys relative to ``backbone.`` (spec §1.10, steps 1-6).
+    """A 2D Swin state dict as the 3D backbone's, keys relative to ``backbone.``
+    (docs/official-behaviour.md §1.10, steps 1-6).
 
     The 2D patch embedding becomes both ``patch_embed_2d`` (as is) and ``patch_embed`` (its kernel
     spread evenly over ``temporal_patch`` frames, so a static clip embeds like the image); each
@@ -151,10 +153,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def load_checkpoint(
-    model: nn.Module,
-    source: str | os.PathLike | Mapping[str, Any],
-    strict: bool = True,
-    inflate_2d: bool | None = None,
+    model: nn.Module, source: str | os.PathLike | Mapping[str, Any], strict: bool = True, inflate_2d: bool | None = None
 ) -> LoadResult:
     """Load official or our weights into a pretraining model or a recognizer.
 

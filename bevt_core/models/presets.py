@@ -1,7 +1,7 @@
 """Named model configurations and ``build_model``.
 
 Names are ``<task>-swin-<size>``: task ``bevt`` (pretraining), ``k400``, ``ssv2`` or ``diving48``
-(recognizers) and size ``t``, ``s``, ``b`` or ``l`` (spec §1.1). BEVT itself uses Swin-B only.
+(recognizers) and size ``t``, ``s``, ``b`` or ``l`` (docs/official-behaviour.md §1.1). BEVT itself uses Swin-B only.
 ``bevt-tiny`` and ``recognizer-tiny`` are CPU-sized models with the same structure for tests and demos.
 """
 
@@ -40,7 +40,7 @@ def _presets() -> dict[str, PretrainConfig | RecognizerConfig]:
             num_classes=174,
             pretrained_window_size=(8, 7, 7),
         )
-        # No official Diving48 recipe exists (spec Q3); it starts from the K400 one.
+        # No official Diving48 recipe exists (docs/official-behaviour.md Q3); it starts from the K400 one.
         presets[f"diving48-swin-{size}"] = RecognizerConfig(
             swin=SwinConfig(**arch, window_size=(8, 7, 7), drop_path_rate=0.3), num_classes=48
         )

@@ -1,4 +1,5 @@
-"""BEVT pretraining model: masked visual-token prediction on video and images at once (spec §1.7-1.9, §4.1).
+"""BEVT pretraining model: masked visual-token prediction on video and images at once
+(docs/official-behaviour.md §1.7-1.9, §4.1).
 
 Both streams share the Swin trunk, the mask token, the final ``norm`` and ``lm_head``; each has its
 own patch embedding and its own decoder, which fuses the stage-3 and upsampled stage-4 outputs back

@@ -1,4 +1,4 @@
-"""Video classifier for finetuning: the Swin trunk and an I3D-style head (spec §5.1)."""
+"""Video classifier for finetuning: the Swin trunk and an I3D-style head (docs/official-behaviour.md §5.1)."""
 
 from __future__ import annotations
 

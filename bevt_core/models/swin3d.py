@@ -1,14 +1,14 @@
-"""Video Swin Transformer backbone as BEVT uses it (spec §1).
+"""Video Swin Transformer backbone as BEVT uses it (docs/official-behaviour.md §1).
 
 One set of transformer weights serves two inputs:
 
 * video ``(B, 3, T, H, W)``: 3D patches of (2, 4, 4), 3D shifted windows;
 * images: the pretraining model (``pretrain.py``) embeds them with its own 2D patch embedding and
   runs the same blocks on a token grid with a single time step, in 2D windows that read the
-  zero-temporal-offset slice of each 3D relative-position table (spec §1.7).
+  zero-temporal-offset slice of each 3D relative-position table (docs/official-behaviour.md §1.7).
 
 Tokens stay channels-last, ``(B, D, H, W, C)``, from the patch embedding to the final norm.
-Module and parameter names match the official Video Swin / BEVT checkpoints (spec §1.11).
+Module and parameter names match the official Video Swin / BEVT checkpoints (docs/official-behaviour.md §1.11).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class SwinConfig:
     attn_impl: AttnImpl = "auto"
     # Recompute each block in backward (torch.utils.checkpoint) to trade compute for memory.
     use_checkpoint: bool = False
-    # The official image path applies the 2D shift mask in every block and keeps 7x7 windows with a
-    # roll even where the map is only one window wide (spec §1.7). False gives plain Swin windows.
+    # The official image path applies the 2D shift mask in every block and keeps 7x7 windows with a roll
+    # even where the map is only one window wide (docs/official-behaviour.md §1.7). False: plain Swin windows.
     image_mask_quirk: bool = True
     # Std of the truncated-normal Linear init. 0.02 is the official value for Swin-B and up; a
     # 32-wide trunk trained for minutes starts in a plateau with it (its residual branches are too
@@ -135,7 +135,7 @@ def compute_shift_mask(grid: Triple, window: Triple, shift: Triple, device: torc
 
 
 def relative_position_index(window: Triple) -> torch.Tensor:
-    """(N, N) row of the bias table for each token pair (i, j) of a window, spec §1.4."""
+    """(N, N) row of the bias table for each token pair (i, j) of a window, docs/official-behaviour.md §1.4."""
     wd, wh, ww = window
     coords = torch.stack(torch.meshgrid(torch.arange(wd), torch.arange(wh), torch.arange(ww), indexing="ij"))
     coords = coords.flatten(1)
@@ -211,7 +211,7 @@ class WindowAttention3D(nn.Module):
         The index is restricted to the tokens of the smaller window geometrically. Where only the
         slowest (time) dim shrinks, and for the image path's single-frame window, this is exactly the
         official ``index[:N, :N]``; where height or width shrink (non-224 inputs) the official slice
-        pairs the wrong tokens (spec §1.4), this does not.
+        pairs the wrong tokens (docs/official-behaviour.md §1.4), this does not.
         """
         index = self.relative_position_index
         n = window[0] * window[1] * window[2]

@@ -88,15 +88,15 @@ def _remove_leftovers(*dirs: Path) -> None:
 
 
 def _task(root: Path, name: str) -> VideoTask:
-    r = root / name
-    classes = (r / "classes.txt").read_text().split("\n")
+    folder = root / name
+    classes = (folder / "classes.txt").read_text().split("\n")
     return VideoTask(
         name=name,
-        root=r,
-        train_list=r / "train.txt",
-        val_list=r / "val.txt",
+        root=folder,
+        train_list=folder / "train.txt",
+        val_list=folder / "val.txt",
         classes=[c for c in classes if c],
-        params=r / "params.json",
+        params=folder / "params.json",
     )
 
 
@@ -112,10 +112,10 @@ def prepare_samples(cache_dir: Path | str | None = None, seed: int = 0, profile:
         _remove_leftovers(cache_dir, cache_dir / "tasks")
         fhash = _fetch.recipe_hash(_fetch.fetch_recipe())
         if _fetch.read_stamp(raw) != fhash:
-            t = time.time()
+            started = time.time()
             _fetch.log(f"fetching sample data into {raw}")
             _fetch.fetch(raw)
-            _fetch.log(f"fetch step took {time.time() - t:.0f} s")
+            _fetch.log(f"fetch step took {time.time() - started:.0f} s")
         manifest = json.loads((raw / "fetch.json").read_text())
         dhash = _fetch.recipe_hash(_derive.derive_recipe(seed, profile, fhash))
         if _fetch.read_stamp(tasks) != dhash:

@@ -103,7 +103,7 @@ def video_codec() -> str:
     try:
         av.codec.Codec("libx264", "w")
         return "libx264"
-    except Exception:  # noqa: BLE001 -- Any failure to look up the encoder, whatever PyAV build raised it, means we cannot use it.
+    except Exception:  # noqa: BLE001 -- any failure to look the encoder up means it cannot be used
         return "mpeg4"
 
 

@@ -224,7 +224,7 @@ def probe_pyav(path: Path) -> dict:
                 "format": container.format.name,
                 "fps": rate,
             }
-    except Exception as error:  # noqa: BLE001 -- The error is the result: the manifest records whatever the decoder says about the file.
+    except Exception as error:  # noqa: BLE001 -- the error is the result: the manifest records it
         return {"ok": False, "error": _clean(f"{type(error).__name__}: {error}", path)}
 
 
@@ -242,7 +242,7 @@ def decord_check(path: Path) -> tuple[bool, str]:
         if batch.ndim != 4 or batch.shape[0] != len(indices) or batch.shape[-1] != 3:
             return False, f"malformed batch {batch.shape}"
         return True, f"{count} frames {batch.shape[2]}x{batch.shape[1]}"
-    except Exception as error:  # noqa: BLE001 -- The error is the result: decord fails in many ways (and may be missing), each one recorded.
+    except Exception as error:  # noqa: BLE001 -- decord fails in many ways (or is missing): each is recorded
         lines = str(error).strip().splitlines()
         return False, _clean(f"{type(error).__name__}: {lines[0] if lines else ''}", path)
 

@@ -31,8 +31,15 @@ class Preprocessing:
     @classmethod
     def of_training(cls, train_root: str, clip: ClipSpec) -> Preprocessing:
         """The shard settings of the training data, with the clip recipe the model is finetuned with."""
-        s = jobs.recorded_settings(train_root)
-        return cls(s["frame_interval"], s["max_frames"], s["min_frames"], s["short_side"], s["jpeg_quality"], clip)
+        shards = jobs.recorded_settings(train_root)
+        return cls(
+            shards["frame_interval"],
+            shards["max_frames"],
+            shards["min_frames"],
+            shards["short_side"],
+            shards["jpeg_quality"],
+            clip,
+        )
 
     @classmethod
     def from_meta(cls, meta: dict) -> Preprocessing:
@@ -50,5 +57,5 @@ class Preprocessing:
 
 def first_video(shard_root: str) -> str:
     """The source video of the first sample in a shard directory (an input example for the model)."""
-    s = jobs.recorded_settings(shard_root)
-    return source_uri(source_root(s["input"], s["root"]), load_manifest(shard_root).rows[0]["source"])
+    shards = jobs.recorded_settings(shard_root)
+    return source_uri(source_root(shards["input"], shards["root"]), load_manifest(shard_root).rows[0]["source"])

@@ -19,7 +19,7 @@ def load_recognizer(uri: str, field_name: str = "weights") -> tuple[Recognizer3D
         raise ConfigError(f"{field_name}: {uri} does not exist") from None
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 -- Foreign bytes make torch.load raise UnpicklingError, KeyError, EOFError, RuntimeError...: all mean "not ours".
+    except Exception:  # noqa: BLE001 -- foreign bytes raise UnpicklingError, KeyError, EOFError...: not ours
         raise ConfigError(f"{field_name}: {uri} is not a checkpoint torch loads with weights_only") from None
     meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
     if meta.get("format") != "recognizer":

@@ -80,19 +80,19 @@ def evaluate(cfg: EvaluateConfig, tracker: Tracker) -> EvaluateResult:
     if data.manifest.classes != classes:
         raise ConfigError("data: its classes.json differs from the classes the model was trained on")
     probs, labels = evaluation.predict(model, loader(data, cfg.workers), device, cfg.max_views or None)
-    m = evaluation.metrics(probs, labels)
-    files = evaluation.write_report(m, classes, cfg.output)
+    scores = evaluation.metrics(probs, labels)
+    files = evaluation.write_report(scores, classes, cfg.output)
     result = EvaluateResult(
         cfg.output,
-        m.samples,
+        scores.samples,
         spec.test_clips * spec.test_crops,
-        m.top1,
-        m.top5,
-        m.mean_class_accuracy,
+        scores.top1,
+        scores.top5,
+        scores.mean_class_accuracy,
         1 / len(classes),
         time.perf_counter() - start,
         files,
         tracker.run_id,
     )
-    stage_report.evaluation(tracker, result, m.per_class_accuracy, classes)
+    stage_report.evaluation(tracker, result, scores.per_class_accuracy, classes)
     return result

@@ -76,21 +76,21 @@ class FinetuneConfig:
 
 
 def param_groups_of(cfg: FinetuneConfig, model: torch.nn.Module) -> list[dict]:
-    o = cfg.optim
+    optim = cfg.optim
     keys = {
-        "layer_decay": lambda: layer_decay_keys(model.config.swin.depths, o.layer_decay),
-        "backbone_mult": lambda: backbone_mult_keys(o.backbone_lr_mult),
+        "layer_decay": lambda: layer_decay_keys(model.config.swin.depths, optim.layer_decay),
+        "backbone_mult": lambda: backbone_mult_keys(optim.backbone_lr_mult),
         "pretrain": pretrain_keys,
-    }[o.groups]()
-    return param_groups(model, o.lr, o.weight_decay, keys)
+    }[optim.groups]()
+    return param_groups(model, optim.lr, optim.weight_decay, keys)
 
 
-def initialise(s: Session, model: torch.nn.Module, init: str) -> None:
+def initialise(job: Session, model: torch.nn.Module, init: str) -> None:
     loaded = load_checkpoint(model, init, strict=False)
     stray = [k for k in loaded.missing_keys if not k.startswith("cls_head.")]
     if stray:
         raise ConfigError(f"init: {init} lacks backbone weights, e.g. {stray[:3]}: not a BEVT checkpoint?")
-    s.say(f"initialised from {init}")
+    job.say(f"initialised from {init}")
 
 
 def classification_loss(cfg: FinetuneConfig, num_classes: int) -> Callable:
@@ -124,8 +124,13 @@ def validate(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.device, 
     """Single-view (one clip, one crop) accuracy on the validation shards."""
     val = clip_stream(cfg.val, cfg.clip.spec(1, 1), False, 1, 0, 1, cfg.run.seed)
     probs, labels = evaluation.predict(model, loader(val, cfg.run.workers), device)
-    m = evaluation.metrics(probs, labels)
-    return {"top1": m.top1, "top5": m.top5, "mean_class_accuracy": m.mean_class_accuracy, "chance": 1 / len(classes)}
+    scores = evaluation.metrics(probs, labels)
+    return {
+        "top1": scores.top1,
+        "top5": scores.top5,
+        "mean_class_accuracy": scores.mean_class_accuracy,
+        "chance": 1 / len(classes),
+    }
 
 
 def registry_of(cfg: FinetuneConfig) -> str:
@@ -139,39 +144,41 @@ def registry_of(cfg: FinetuneConfig) -> str:
 
 
 def run(cfg: FinetuneConfig) -> TrainStageResult:
-    with session(cfg, "finetune") as s:
-        env, r = s.env, cfg.run
+    with session(cfg, "finetune") as job:
+        env, settings = job.env, cfg.run
         spec: ClipSpec = cfg.clip.spec()
-        data = clip_stream(cfg.train, spec, True, r.batch_size, env.rank, env.world, r.seed)
+        data = clip_stream(cfg.train, spec, True, settings.batch_size, env.rank, env.world, settings.seed)
         classes = data.manifest.classes
         # How `bevt predict` prepares a video for this model: the training shards' settings and this clip recipe.
         preprocessing = Preprocessing.of_training(cfg.train, spec)
         registry = registry_of(cfg)
-        model = build_from(cfg.model, r, num_classes=len(classes), num_frames=spec.clip_len, image_size=spec.crop)
+        model = build_from(
+            cfg.model, settings, num_classes=len(classes), num_frames=spec.clip_len, image_size=spec.crop
+        )
         if cfg.init:
-            initialise(s, model, cfg.init)
-        s.model_ready()
+            initialise(job, model, cfg.init)
+        job.model_ready()
 
         def batches(epoch: int, start: int):
             data.set_position(epoch, start)
-            return iter(loader(data, r.workers))
+            return iter(loader(data, settings.workers))
 
         # EMA per micro-step on unchanged weights between updates = one EMA step of momentum^accum.
-        ema_decay = (1 - cfg.ema_momentum) ** r.accum_steps if cfg.ema_momentum else 0.0
+        ema_decay = (1 - cfg.ema_momentum) ** settings.accum_steps if cfg.ema_momentum else 0.0
         task = Task(
             model,
             param_groups_of(cfg, model),
             data.micro_steps,
-            r.batch_size,
+            settings.batch_size,
             batches,
             classification_loss(cfg, len(classes)),
             ema_decay=ema_decay,
         )
-        result = s.train(task)
+        result = job.train(task)
         final = result.ema_model or model
-        weights = storage.join(r.work_dir, "recognizer.pt")
+        weights = storage.join(settings.work_dir, "recognizer.pt")
         out = TrainStageResult.of(
-            "finetune", r.work_dir, weights, result, KEYS if not cfg.mixup else ("loss",), s.tracker.run_id
+            "finetune", settings.work_dir, weights, result, KEYS if not cfg.mixup else ("loss",), job.tracker.run_id
         )
         meta = {
             "format": "recognizer",
@@ -179,13 +186,14 @@ def run(cfg: FinetuneConfig) -> TrainStageResult:
             "classes": classes,
             META_KEY: preprocessing.to_meta(),
         }
-        if s.export(result, weights, final.state_dict(), meta):
+        if job.export(result, weights, final.state_dict(), meta):
             if cfg.val:
                 out.val = validate(cfg, final, env.device, classes)
-                s.tracker.metrics({f"val_{k}": v for k, v in out.val.items()}, result.steps)
+                job.tracker.metrics({f"val_{k}": v for k, v in out.val.items()}, result.steps)
             if registry:
                 from bevt_core.serving.pyfunc import register
 
-                out.registered = register(registry, s.tracker.run_id, weights, cfg.register_as, first_video(cfg.train))
-                s.say(f"registered {out.registered}")
+                example = first_video(cfg.train)
+                out.registered = register(registry, job.tracker.run_id, weights, cfg.register_as, example)
+                job.say(f"registered {out.registered}")
         return out

@@ -70,26 +70,26 @@ def image_checkpoint(state: dict[str, torch.Tensor], window_size: tuple[int, int
 
 
 def run(cfg: PretrainImageConfig) -> TrainStageResult:
-    with session(cfg, "pretrain-image") as s:
-        env, r = s.env, cfg.run
+    with session(cfg, "pretrain-image") as job:
+        env, settings = job.env, cfg.run
         data = pretrain_data.stream(
             cfg.images,
             cfg.image_tokens,
             clip_len=1,
             frame_stride=1,
             mode=cfg.targets,
-            micro_batch=r.batch_size,
+            micro_batch=settings.batch_size,
             rank=env.rank,
             world=env.world,
-            seed=r.seed,
+            seed=settings.seed,
         )
-        model = build_from(cfg.model, r, vocab_size=int(data.token_set.record["tokenizer"]["vocab_size"]))
-        s.model_ready()
+        model = build_from(cfg.model, settings, vocab_size=int(data.token_set.record["tokenizer"]["vocab_size"]))
+        job.model_ready()
         ids = pretrain_data.online_ids(tokenizer_of(data.token_set)) if cfg.targets == "online" else None
 
         def batches(epoch: int, start: int):
             data.set_position(epoch, start)
-            return iter(loader(data, r.workers))
+            return iter(loader(data, settings.workers))
 
         def loss(net, batch):
             return net(image=pretrain_data.image_inputs(batch, ids))
@@ -98,21 +98,21 @@ def run(cfg: PretrainImageConfig) -> TrainStageResult:
             model,
             param_groups(model, cfg.optim.lr, cfg.optim.weight_decay, pretrain_keys()),
             data.micro_steps,
-            r.batch_size,
+            settings.batch_size,
             batches,
             loss,
             find_unused_parameters=True,
         )
-        result = s.train(task)
-        weights = storage.join(r.work_dir, "image_encoder.pt")
+        result = job.train(task)
+        weights = storage.join(settings.work_dir, "image_encoder.pt")
         state = image_checkpoint(model.state_dict(), model.config.swin.window_size)
-        if s.export(result, weights, state, {"format": "swin-2d"}) and s.tracker.run_id:
+        if job.export(result, weights, state, {"format": "swin-2d"}) and job.tracker.run_id:
             data.set_position(0, 0)
             image, mask, target = pretrain_data.image_inputs(next(iter(loader(data, 0))), ids)
-            s.tracker.artifact_bytes(
+            job.tracker.artifact_bytes(
                 "plots/masked_prediction.png",
                 masked.figure(
                     model, image, mask, mask, target, data.token_set, "pretrain-image: masked image modeling"
                 ),
             )
-        return TrainStageResult.of("pretrain-image", r.work_dir, weights, result, KEYS, s.tracker.run_id)
+        return TrainStageResult.of("pretrain-image", settings.work_dir, weights, result, KEYS, job.tracker.run_id)

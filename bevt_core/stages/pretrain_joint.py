@@ -64,7 +64,7 @@ class PretrainJointConfig:
 
 def vocabulary(streams: list[StepStream]) -> int:
     """The one vocabulary of the streams' tokens (the shared lm_head needs one)."""
-    records = [s.token_set.record["tokenizer"] for s in streams]
+    records = [stream.token_set.record["tokenizer"] for stream in streams]
     if len({int(r["vocab_size"]) for r in records}) != 1 or len({r["sha256"] for r in records}) != 1:
         raise ConfigError(
             "image_tokens: made by another tokenizer than video_tokens; the shared lm_head needs one "
@@ -94,18 +94,24 @@ def joint_batches(videos: StepStream, images: StepStream | None, workers: int):
     return batches
 
 
-def initialise(s: Session, model, init: str) -> None:
+def initialise(job: Session, model, init: str) -> None:
     loaded = load_checkpoint(model, init, strict=False)
     modules = sorted({k.rsplit(".", 2)[0] for k in loaded.missing_keys})
-    s.say(f"initialised from {init} ({len(loaded.missing_keys)} tensors left at their init: {', '.join(modules[:6])})")
+    left = f"{len(loaded.missing_keys)} tensors left at their init: {', '.join(modules[:6])}"
+    job.say(f"initialised from {init} ({left})")
 
 
 def run(cfg: PretrainJointConfig) -> TrainStageResult:
-    with session(cfg, "pretrain-joint") as s:
-        env, r = s.env, cfg.run
-        common = dict(mode=cfg.targets, rank=env.rank, world=env.world, seed=r.seed)
+    with session(cfg, "pretrain-joint") as job:
+        env, settings = job.env, cfg.run
+        common = dict(mode=cfg.targets, rank=env.rank, world=env.world, seed=settings.seed)
         videos = pretrain_data.stream(
-            cfg.videos, cfg.video_tokens, clip_len=cfg.clip_len, frame_stride=1, micro_batch=r.batch_size, **common
+            cfg.videos,
+            cfg.video_tokens,
+            clip_len=cfg.clip_len,
+            frame_stride=1,
+            micro_batch=settings.batch_size,
+            **common,
         )
         images = (
             pretrain_data.stream(
@@ -121,11 +127,11 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
             else None
         )
         model = build_from(
-            cfg.model, r, vocab_size=vocabulary([videos] + ([images] if images else [])), num_frames=cfg.clip_len
+            cfg.model, settings, vocab_size=vocabulary([videos] + ([images] if images else [])), num_frames=cfg.clip_len
         )
         if cfg.init:
-            initialise(s, model, cfg.init)
-        s.model_ready()
+            initialise(job, model, cfg.init)
+        job.model_ready()
         ids = pretrain_data.online_ids(tokenizer_of(videos.token_set)) if cfg.targets == "online" else None
 
         def loss(net, batch):
@@ -139,18 +145,18 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
             model,
             param_groups(model, cfg.optim.lr, cfg.optim.weight_decay, pretrain_keys()),
             videos.micro_steps,
-            r.batch_size,
-            joint_batches(videos, images, r.workers),
+            settings.batch_size,
+            joint_batches(videos, images, settings.workers),
             loss,
             find_unused_parameters=True,
         )
-        result = s.train(task)
-        weights = storage.join(r.work_dir, "bevt_pretrain.pt")
+        result = job.train(task)
+        weights = storage.join(settings.work_dir, "bevt_pretrain.pt")
         meta = {"format": "bevt-3d", "model": cfg.model.name}
-        if s.export(result, weights, model.state_dict(), meta) and s.tracker.run_id:
+        if job.export(result, weights, model.state_dict(), meta) and job.tracker.run_id:
             videos.set_position(0, 0)
             clip, in_mask, out_mask, target = pretrain_data.video_inputs(next(iter(loader(videos, 0))), ids)
-            s.tracker.artifact_bytes(
+            job.tracker.artifact_bytes(
                 "plots/masked_prediction.png",
                 masked.figure(
                     model,
@@ -163,4 +169,4 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
                 ),
             )
         keys = KEYS if images is not None else tuple(k for k in KEYS if "image" not in k)
-        return TrainStageResult.of("pretrain-joint", r.work_dir, weights, result, keys, s.tracker.run_id)
+        return TrainStageResult.of("pretrain-joint", settings.work_dir, weights, result, keys, job.tracker.run_id)

@@ -17,9 +17,9 @@ from bevt_core import storage
 from bevt_core.config import ConfigError, at_least, between, non_empty, option
 from bevt_core.data import jobs, manifest
 from bevt_core.data.decode import REASONS
-from bevt_core.data.inputs import IMAGE_EXTS, VIDEO_EXTS, read_inputs, source_root
+from bevt_core.data.inputs import IMAGE_EXTS, VIDEO_EXTS, InputItem, read_inputs, source_root
 from bevt_core.data.shard_format import shard_name
-from bevt_core.data.sharding import EncodeSettings, ShardTask, write_shard
+from bevt_core.data.sharding import EncodeSettings, ShardReport, ShardTask, write_shard
 from bevt_core.tracking import stage_report
 from bevt_core.tracking.config import TrackingConfig
 from bevt_core.tracking.stage_run import stage_run
@@ -138,9 +138,8 @@ def run(cfg: ShardConfig) -> ShardResult:
     return result
 
 
-def _shard(cfg: ShardConfig) -> ShardResult:
-    start = time.perf_counter()
-    root = source_root(cfg.input, cfg.root)
+def _read_items(cfg: ShardConfig) -> tuple[list[InputItem], list[str]]:
+    """The input's items and class names, once the output is known to hold nothing made with other settings."""
     exts = VIDEO_EXTS if cfg.modality == "video" else IMAGE_EXTS
     try:
         items, classes = read_inputs(cfg.input, cfg.classes, cfg.video_ext, exts)
@@ -149,21 +148,30 @@ def _shard(cfg: ShardConfig) -> ShardResult:
     if not items:
         raise ConfigError(f"input: {cfg.input} lists no items")
     digest = hashlib.sha256("\n".join(f"{i.source}\t{i.raw_label}" for i in items).encode()).hexdigest()
-
     storage.make_local_dirs(cfg.output)
     jobs.check_same_settings(cfg.output, {k: getattr(cfg, k) for k in _CONTENT_FIELDS} | {"input_items_sha256": digest})
     jobs.clean_leftovers(cfg.output)
+    return items, classes
 
+
+def _plan(cfg: ShardConfig, items: list[InputItem]) -> list[ShardTask]:
+    """Item i goes to shard i // samples_per_shard, whatever is rejected; a source seen before is a duplicate."""
     seen, duplicates = set(), set()
     for item in (i for i in items if not i.problem):
         if item.source in seen:
             duplicates.add(item.index)
         seen.add(item.source)
     settings = EncodeSettings(
-        cfg.modality, root, cfg.frame_interval, cfg.max_frames, cfg.min_frames, cfg.short_side, cfg.jpeg_quality
+        cfg.modality,
+        source_root(cfg.input, cfg.root),
+        cfg.frame_interval,
+        cfg.max_frames,
+        cfg.min_frames,
+        cfg.short_side,
+        cfg.jpeg_quality,
     )
     n = cfg.samples_per_shard
-    tasks = [
+    return [
         ShardTask(
             i,
             cfg.prefix,
@@ -175,6 +183,35 @@ def _shard(cfg: ShardConfig) -> ShardResult:
         for i in range((len(items) + n - 1) // n)
     ]
 
+
+def _summary(cfg: ShardConfig, items: int, reports: list[ShardReport], seconds: float) -> ShardResult:
+    rejects = Counter()
+    for report in reports:
+        rejects.update(report.rejects)
+    result = ShardResult(
+        output=cfg.output,
+        items=items,
+        ok=sum(r.ok for r in reports),
+        rejected=sum(rejects.values()),
+        frames=sum(r.frames for r in reports),
+        bytes=sum(r.bytes for r in reports),
+        shards=sum(1 for r in reports if r.ok),
+        seconds=seconds,
+        rejects_by_reason=dict(rejects),
+        resumed_shards=sum(r.skipped for r in reports),
+    )
+    if result.rejected / result.items > cfg.max_reject_rate:
+        result.failed = (
+            f"{result.rejected} of {result.items} inputs rejected "
+            f"({result.rejected / result.items:.1%} > max_reject_rate {cfg.max_reject_rate:.1%})"
+        )
+    return result
+
+
+def _shard(cfg: ShardConfig) -> ShardResult:
+    start = time.perf_counter()
+    items, classes = _read_items(cfg)
+    tasks = _plan(cfg, items)
     reports = jobs.run_parallel(
         tasks,
         write_shard,
@@ -191,28 +228,7 @@ def _shard(cfg: ShardConfig) -> ShardResult:
         rows.extend(manifest.read_table(jobs.part_uri(cfg.output, name)).to_pylist())
     rows.sort(key=lambda r: r["index"])
     manifest.write_final(cfg.output, rows, classes)
-
-    rejects = Counter()
-    for r in reports:
-        rejects.update(r.rejects)
-    result = ShardResult(
-        output=cfg.output,
-        items=len(items),
-        ok=sum(r.ok for r in reports),
-        rejected=sum(rejects.values()),
-        frames=sum(r.frames for r in reports),
-        bytes=sum(r.bytes for r in reports),
-        shards=sum(1 for r in reports if r.ok),
-        seconds=time.perf_counter() - start,
-        rejects_by_reason=dict(rejects),
-        resumed_shards=sum(r.skipped for r in reports),
-    )
-    if result.rejected / result.items > cfg.max_reject_rate:
-        result.failed = (
-            f"{result.rejected} of {result.items} inputs rejected "
-            f"({result.rejected / result.items:.1%} > max_reject_rate {cfg.max_reject_rate:.1%})"
-        )
-    return result
+    return _summary(cfg, len(items), reports, time.perf_counter() - start)
 
 
 def _worker_init() -> None:

@@ -335,8 +335,8 @@ def run(cfg: TokenizeConfig) -> TokenizeResult:
     return result
 
 
-def _tokenize(cfg: TokenizeConfig) -> TokenizeResult:
-    start = time.perf_counter()
+def _open_input(cfg: TokenizeConfig) -> Manifest:
+    """The input's manifest, once the output is known to hold nothing made with other settings."""
     try:
         data = load_manifest(cfg.input)
     except FileNotFoundError as e:
@@ -345,61 +345,79 @@ def _tokenize(cfg: TokenizeConfig) -> TokenizeResult:
         raise ConfigError(f"input: {cfg.input} holds no samples (every input was rejected)")
     digest = hashlib.sha256(storage.read_bytes(storage.join(cfg.input, MANIFEST))).hexdigest()
     storage.make_local_dirs(cfg.output)
-    jobs.check_same_settings(
-        cfg.output, {k: getattr(cfg, k) for k in _CONTENT_FIELDS} | {"input_manifest_sha256": digest}
-    )
+    settings = {k: getattr(cfg, k) for k in _CONTENT_FIELDS} | {"input_manifest_sha256": digest}
+    jobs.check_same_settings(cfg.output, settings)
     jobs.clean_leftovers(cfg.output)
+    return data
 
-    threads = cfg.threads or os.cpu_count() or 1
-    aug = Augment(crop=cfg.crop, seed=cfg.seed)
-    tok, fit_seconds = _tokenizer(cfg, data, aug, threads)
-    record = _record(cfg, tok, aug)
-    _check_record(cfg.output, record)
 
+def _plan(data: Manifest) -> list[tuple[str, list[int]]]:
+    """One task per data shard: its name and its rows in tar order."""
     by_shard: dict[str, list[int]] = {}
     for i, row in enumerate(data.rows):
         by_shard.setdefault(row["shard"], []).append(i)
-    tasks = [(name, sorted(idx, key=lambda i: data.rows[i]["offset"])) for name, idx in sorted(by_shard.items())]
-    clock = [0.0]
+    return [(name, sorted(rows, key=lambda i: data.rows[i]["offset"])) for name, rows in sorted(by_shard.items())]
 
-    def tokenize_shard(task: tuple[str, list[int]]) -> _Report:
-        name, idx = task
-        part = jobs.part_uri(cfg.output, name[: -len(".tar")])
+
+@dataclass
+class _ShardTokenizer:
+    """Writes one data shard's token tar and part file; a shard whose part file exists is already done."""
+
+    cfg: TokenizeConfig
+    data: Manifest
+    aug: Augment
+    tok: Tokenizer
+    threads: int
+    clock: list[float]  # seconds inside the tokenizer, summed over shards
+
+    def __call__(self, task: tuple[str, list[int]]) -> _Report:
+        name, rows = task
+        part = jobs.part_uri(self.cfg.output, name[: -len(".tar")])
         if storage.exists(part):
-            return _Report(len(idx), skipped=True)
-        rows, report = [], _Report()
-        data_rows = [data.rows[i] for i in idx]
-        raw = read_runs(data, data_rows, parse=bytes)
-        prepared = _ahead(lambda buf: _prepare(buf, aug, cfg.views), raw, threads)
-        with jobs.atomic_tar(cfg.output, name) as f:
+            return _Report(len(rows), skipped=True)
+        report, written = _Report(), []
+        raw = read_runs(self.data, [self.data.rows[i] for i in rows], parse=bytes)
+        prepared = _ahead(lambda buf: _prepare(buf, self.aug, self.cfg.views), raw, self.threads)
+        tokenized = _tokenized(prepared, self.tok, self.cfg.batch_size, self.clock)
+        with jobs.atomic_tar(self.cfg.output, name) as f:
             writer = ShardWriter(f)
-            for (p, ids), i in zip(_tokenized(prepared, tok, cfg.batch_size, clock), idx, strict=True):
-                if p.key != data.rows[i]["key"]:
-                    raise RuntimeError(f"{name}: sample {p.key!r} where the manifest has {data.rows[i]['key']!r}")
-                offset, nbytes = writer.write(p.key, token_members(ids, p.views))
-                frames = ids.shape[1] if p.video else 1
-                rows.append(
-                    dict(
-                        index=data.rows[i]["index"],
-                        key=p.key,
-                        shard=name,
-                        offset=offset,
-                        bytes=nbytes,
-                        frames=frames,
-                        views=cfg.views,
-                        grid=ids.shape[-1],
-                        video=p.video,
-                    )
-                )
+            for (sample, ids), i in zip(tokenized, rows, strict=True):
+                written.append(self._write(writer, name, sample, ids, self.data.rows[i]))
                 report.samples += 1
-                report.frames += len(p.crops)
+                report.frames += len(sample.crops)
             writer.close()
-        storage.write_bytes(part, rows_to_parquet(rows, SCHEMA))
+        storage.write_bytes(part, rows_to_parquet(written, SCHEMA))
         return report
 
+    def _write(self, writer: ShardWriter, name: str, sample: _Prepared, ids: np.ndarray, row: dict) -> dict:
+        if sample.key != row["key"]:
+            raise RuntimeError(f"{name}: sample {sample.key!r} where the manifest has {row['key']!r}")
+        offset, nbytes = writer.write(sample.key, token_members(ids, sample.views))
+        frames = ids.shape[1] if sample.video else 1
+        return dict(
+            index=row["index"],
+            key=sample.key,
+            shard=name,
+            offset=offset,
+            bytes=nbytes,
+            frames=frames,
+            views=self.cfg.views,
+            grid=ids.shape[-1],
+            video=sample.video,
+        )
+
+
+def _tokenize(cfg: TokenizeConfig) -> TokenizeResult:
+    start = time.perf_counter()
+    data = _open_input(cfg)
+    threads = cfg.threads or os.cpu_count() or 1
+    aug = Augment(crop=cfg.crop, seed=cfg.seed)
+    tok, fit_seconds = _tokenizer(cfg, data, aug, threads)
+    _check_record(cfg.output, _record(cfg, tok, aug))
+    tasks, clock = _plan(data), [0.0]
     reports = jobs.run_parallel(
         tasks,
-        tokenize_shard,
+        _ShardTokenizer(cfg, data, aug, tok, threads, clock),
         1,
         cfg.progress,
         "tokenize",

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from bevt_core.config import to_dict, to_yaml
+from bevt_core.config import to_yaml
 from bevt_core.models import build_model, save_weights
 from bevt_core.tracking import stage_report
 from bevt_core.tracking.stage_run import stage_run
 from bevt_core.tracking.tracker import Tracker
 from bevt_core.train import distributed
-from bevt_core.train.engine import Task, TrainResult, train
+from bevt_core.train.engine import Settings, Task, TrainResult, train
 from bevt_core.train.options import ModelOptions, RunConfig
 from bevt_core.train.state import seed_everything
 
@@ -114,8 +114,7 @@ class Session:
 
     def train(self, task: Task) -> TrainResult:
         """The engine over ``task`` with this run's settings; a run stopped by a non-finite loss ends FAILED."""
-        cfg = self.cfg
-        result = train(task, cfg.run, cfg.optim, cfg.schedule, self.env, self.tracker.metrics, to_dict(cfg), self.say)
+        result = train(task, Settings.of(self.cfg), self.env, self.tracker.metrics, self.say)
         if result.stopped:
             self.tracker.mark_failed(result.stopped)
         return result

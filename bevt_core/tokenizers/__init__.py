@@ -1,4 +1,4 @@
-"""Visual tokenizers (spec §2): one interface (:mod:`.base`), DALL-E (:mod:`.dalle`) and the
+"""Visual tokenizers (docs/official-behaviour.md §2): one interface (:mod:`.base`), DALL-E (:mod:`.dalle`) and the
 weight-free codebook fitted on the data (:mod:`.codebook`)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The DALL-E dVAE encoder as a tokenizer (spec §2): the official BEVT targets.
+"""The DALL-E dVAE encoder as a tokenizer (docs/official-behaviour.md §2): the official BEVT targets.
 
 ``encoder.pkl`` is a pickled ``dall_e.encoder.Encoder`` module. It is loaded with
 ``torch.load(weights_only=True)`` plus an allow-list of exactly the classes that file is made

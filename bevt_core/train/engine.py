@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
+from bevt_core.config import to_dict
 from bevt_core.train.distributed import EXIT_PEER_LOST, Dist, Watchdog, all_reduce_mean
 from bevt_core.train.optim import Schedule, adamw
 from bevt_core.train.options import OptimConfig, RunConfig, ScheduleConfig
@@ -37,6 +38,22 @@ from bevt_core.train.state import CheckpointStore, Position, load_state
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 LogMetrics = Callable[[dict[str, float], int], None]
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to train: a stage config's run, optimizer and schedule sections, and the whole resolved config
+    (kept in every checkpoint)."""
+
+    run: RunConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    record: dict
+
+    @classmethod
+    def of(cls, stage_config: Any) -> Settings:
+        return cls(stage_config.run, stage_config.optim, stage_config.schedule, to_dict(stage_config))
 
 
 @dataclass
@@ -108,19 +125,10 @@ def memory_gb(device: torch.device) -> float:
 class Trainer:
     """The live state of one training run (model, optimizer, position, ...) and the loop over it."""
 
-    def __init__(
-        self,
-        task: Task,
-        run: RunConfig,
-        optim: OptimConfig,
-        sched: ScheduleConfig,
-        env: Dist,
-        log_metrics: LogMetrics,
-        config: dict,
-        say: Callable[[str], None],
-    ):
+    def __init__(self, task: Task, settings: Settings, env: Dist, log_metrics: LogMetrics, say: Say):
+        run, optim, sched = settings.run, settings.optim, settings.schedule
         self.task, self.run, self.sched, self.env = task, run, sched, env
-        self.log_metrics, self.config, self.say = log_metrics, config, say
+        self.log_metrics, self.config, self.say = log_metrics, settings.record, say
         self.device = env.device
         self.model = task.model.to(self.device)
         per_epoch = task.micro_steps_per_epoch
@@ -332,18 +340,9 @@ class Trainer:
         return r
 
 
-def train(
-    task: Task,
-    run: RunConfig,
-    optim: OptimConfig,
-    sched: ScheduleConfig,
-    env: Dist,
-    log_metrics: LogMetrics,
-    config: dict,
-    say: Callable[[str], None] = print,
-) -> TrainResult:
+def train(task: Task, settings: Settings, env: Dist, log_metrics: LogMetrics, say: Say = print) -> TrainResult:
     try:
-        return Trainer(task, run, optim, sched, env, log_metrics, config, say).train()
+        return Trainer(task, settings, env, log_metrics, say).train()
     except dist.DistError as e:
         if env.world > 1:
             print(

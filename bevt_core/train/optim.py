@@ -1,4 +1,5 @@
-"""Parameter groups (mmcv ``custom_keys`` semantics, spec §7.3), AdamW and the lr schedules (spec §4.3, §5.1).
+"""Parameter groups (mmcv ``custom_keys`` semantics, docs/official-behaviour.md §7.3), AdamW and the lr
+schedules (docs/official-behaviour.md §4.3, §5.1).
 
 mmcv gives each parameter the options of the first custom key that is a substring of its name,
 trying keys longest first (alphabetical among equal lengths); a key's missing multiplier is 1.
@@ -90,7 +91,7 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float)
 class Schedule:
     """Cosine to 0 with mmcv's linear warmup from ``warmup_ratio`` x, evaluated per micro-iteration.
 
-    ``by_epoch=False`` (pretraining, spec §4.3): ``lr(t) = cos(t) * (1 - (1 - t/W) * 0.9)`` for
+    ``by_epoch=False`` (pretraining, docs/official-behaviour.md §4.3): ``lr(t) = cos(t) * (1 - (1 - t/W) * 0.9)`` for
     t < W, ``cos(t) = 0.5 * lr0 * (1 + cos(pi t / T))``. ``by_epoch=True`` (finetuning, §5.1): the
     cosine steps once per epoch (constant inside an epoch), the warmup is still per iteration.
     """

@@ -9,7 +9,7 @@ Two workloads, forward + backward of the real loss:
 
 On a GPU it records absolute throughput, peak memory, achieved TFLOP/s and MFU (bf16 against the
 H100/H200 dense peak). FLOPs are counted once per workload with torch's FlopCounterMode on the
-meta device (the Swin-B trunk comes to ~141 GMAC per 16x224 clip, spec §2), times 3 for forward +
+meta device (the Swin-B trunk comes to ~141 GMAC per 16x224 clip, docs/official-behaviour.md §2), times 3 for forward +
 backward. ``--device cpu --quick`` shrinks the inputs (1 clip of 8x112, 1 image) so the whole run
 fits in minutes on a small CPU; there only the ratios between variants mean anything.
 

@@ -7,7 +7,7 @@
    alone and the whole ``tokenize`` call (Lanczos resize on the CPU included); and the
    weight-free codebook (1024 codes) at a 224 crop. On the GPU when there is one.
 2. Per-step target cost: one official micro-batch's targets (4 clips x 16 frames + 32 images per
-   GPU, spec §2; scaled down with ``--quick``) computed online (tokenize the augmented crops)
+   GPU, docs/official-behaviour.md §2; scaled down with ``--quick``) computed online (tokenize the augmented crops)
    versus sliced from stored ids (pick a view and window, index, convert to int64 tensors).
 
 Writes ``tests/benchmarks/results/tokenize.json`` and ``tokenize.md`` with the device. The GPU

@@ -38,7 +38,7 @@ def engine(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
 
 @dataclass(frozen=True)
 class Images:
-    refs: dict[str, str]  # kind (cpu, cuda, mlflow) -> reference, from bevt_core/kube/images.py
+    refs: dict[str, str]  # kind (cpu, cuda, mlflow) -> reference, from bevt_core/images.py
     build_s: float  # how long docker/build.sh took in this session (seconds when cached)
 
 

@@ -5,19 +5,17 @@ tracked on the real MLflow server (its lineage, the MLflow UI)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bevt_core.config import from_dict
 from bevt_core.data.manifest import load_manifest
 from bevt_core.stages import evaluate, finetune
 from bevt_core.stages.shard import ShardConfig
 from bevt_core.stages.shard import run as shard
+from tests.conftest import run_pipeline_locally
 
 MODEL_NAME = "bevt-scene"
 EXPERIMENT = "bevt-predict"
@@ -153,30 +151,15 @@ def tracked_pipeline(samples, mlflow_server, tmp_path_factory) -> TrackedPipelin
         "workers": 0,
         "tracking_uri": "auto",
     }
-    config = tmp / "pipeline.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "action": "run-local",
-                "params": params,
-                "run_name": PIPELINE_RUN,
-                "pipeline_root": str(tmp / "root"),
-                "caching": False,
-            }
-        )
-    )
-    env = (
-        dict(os.environ)
-        | mlflow_server.env()
-        | {"PYTHONUNBUFFERED": "1", "PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "1", "BEVT_GIT_REVISION": "0123abc"}
-    )
-    code = (
-        "import sys; from bevt_core.config import from_dict, load_yaml; from pipelines import cli as p; "
-        "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True, timeout=1800
-    )
+    config = {
+        "action": "run-local",
+        "params": params,
+        "run_name": PIPELINE_RUN,
+        "pipeline_root": str(tmp / "root"),
+        "caching": False,
+    }
+    env = dict(os.environ) | mlflow_server.env() | {"OMP_NUM_THREADS": "1", "BEVT_GIT_REVISION": "0123abc"}
+    proc = run_pipeline_locally(config, tmp / "pipeline.yaml", env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
     experiment = client.get_experiment_by_name(PIPELINE_EXPERIMENT).experiment_id

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from bevt_core import images
-from bevt_core.config import MISSING
+from bevt_core.config import is_required
 from pipelines.cli import PipelineParams, compile_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,7 +122,7 @@ def test_pipeline_parameters_are_the_cli_params(ir):
     assert set(declared) == set(fields)
     for name, f in fields.items():
         assert declared[name]["parameterType"] == kinds[typing.get_origin(hints[name]) or hints[name]], name
-        if f.default is MISSING:
+        if is_required(f):
             assert "defaultValue" not in declared[name], name
         else:
             assert declared[name]["defaultValue"] == f.default and declared[name].get("isOptional"), name

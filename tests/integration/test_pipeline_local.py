@@ -9,13 +9,12 @@ finetunes and evaluates the joint model on both sample tasks.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
+from tests.conftest import run_pipeline_locally
 
 pytestmark = pytest.mark.slow
 
@@ -64,21 +63,8 @@ def test_run_local_whole_pipeline(samples, tmp_path, cli_env):
         "workers": 0,
         "tracking_uri": "none",
     }
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"action": "run-local", "params": params, "pipeline_root": str(tmp_path / "root"), "caching": False}
-        )
-    )
-    env = cli_env | {"PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "1"}  # the local runner must not reach out
-    # What `bevt pipeline run-local --config FILE` runs (pipelines.cli), in its own process.
-    code = (
-        "import sys; from bevt_core.config import from_dict, load_yaml; from pipelines import cli as p; "
-        "print(p.run(from_dict(p.PipelineConfig, load_yaml(sys.argv[1]))).summary())"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True, timeout=1800
-    )
+    config = {"action": "run-local", "params": params, "pipeline_root": str(tmp_path / "root"), "caching": False}
+    proc = run_pipeline_locally(config, tmp_path / "pipeline.yaml", cli_env | {"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     assert "pipeline run-local: finished" in proc.stdout
 

@@ -1,4 +1,4 @@
-"""Mask generators against the statistics of spec §3."""
+"""Mask generators against the statistics of docs/official-behaviour.md §3."""
 
 import random
 

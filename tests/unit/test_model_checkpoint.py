@@ -1,5 +1,5 @@
-"""Checkpoints: official key names (spec §1.11), strict loading, finetune loading with window
-interpolation, 2D->3D inflation (spec §1.10) and our own save/load.
+"""Checkpoints: official key names (docs/official-behaviour.md §1.11), strict loading, finetune loading with window
+interpolation, 2D->3D inflation (docs/official-behaviour.md §1.10) and our own save/load.
 
 The expected keys are written out here from the spec's description, not read from the model code.
 """

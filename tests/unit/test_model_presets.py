@@ -1,4 +1,5 @@
-"""Presets: every one builds with the right output shape; Swin-B parameter counts match spec §1.1.
+"""Presets: every one builds with the right output shape; Swin-B parameter counts match
+docs/official-behaviour.md §1.1.
 
 Full-size models are built and run on the meta device: shapes and counts without any compute.
 """

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from bevt_core.train.distributed import Dist
-from bevt_core.train.engine import Task, train
+from bevt_core.train.engine import Settings, Task, train
 from bevt_core.train.optim import param_groups, pretrain_keys
 from bevt_core.train.options import OptimConfig, RunConfig, ScheduleConfig
 from bevt_core.train.state import CheckpointStore
@@ -60,7 +60,9 @@ OPTIM = OptimConfig(lr=0.05, weight_decay=0.01, groups="pretrain", clip_grad=1.0
 
 def fit(task, tmp_path, epochs=3, max_steps=0, **kw):
     sched = ScheduleConfig(epochs=epochs, warmup_epochs=1, cosine_by_epoch=False, max_steps=max_steps)
-    return train(task, run_cfg(tmp_path, **kw), OPTIM, sched, ENV, lambda values, step: None, {}, say=lambda s: None)
+    return train(
+        task, Settings(run_cfg(tmp_path, **kw), OPTIM, sched, {}), ENV, lambda values, step: None, say=lambda s: None
+    )
 
 
 def weights(task) -> list[torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Parameter groups follow mmcv custom_keys precedence exactly (spec §7.3); the lr formulas of §4.3/§5.1."""
+"""Parameter groups follow mmcv custom_keys precedence exactly (docs/official-behaviour.md §7.3); the lr
+formulas of §4.3 and §5.1."""
 
 from __future__ import annotations
 

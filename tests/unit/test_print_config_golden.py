@@ -1,0 +1,67 @@
+"""Every stage resolves every preset to exactly the values it did before the recipes were written once
+(the golden files, from the code before that change). The only difference allowed is declared here: the
+tracking fields moved into one ``tracking`` section."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bevt_core.cli import main
+from bevt_core.recipes import FINETUNE, PRETRAIN_IMAGE, PRETRAIN_JOINT
+
+GOLDEN = Path(__file__).parent / "golden" / "print-config"
+TRACKING = ("tracking_uri", "uri"), ("experiment", "experiment"), ("parent_run_id", "parent_run_id")
+MOVED = {(*where, old): ("tracking", new) for where in ((), ("run",)) for old, new in (*TRACKING, ("run_label",) * 2)}
+UNCHANGED = ("predict", "samples", "demo", "study", "pipeline")  # their fields did not move
+
+CASES = {
+    **{
+        f"pretrain-image--{p}": f"pretrain-image --preset {p} --images I --image-tokens IT --run.work-dir W".split()
+        for p in PRETRAIN_IMAGE
+    },
+    **{
+        f"pretrain-joint--{p}": f"pretrain-joint --preset {p} --videos V --video-tokens VT --images I "
+        "--image-tokens IT --run.work-dir W".split()
+        for p in PRETRAIN_JOINT
+    },
+    **{f"finetune--{p}": f"finetune --preset {p} --train T --val V --run.work-dir W".split() for p in FINETUNE},
+    **{f"evaluate--{p}": f"evaluate --preset {p} --weights R --data D --output O".split() for p in FINETUNE},
+    "shard": ["shard", "--input", "L", "--output", "O"],
+    "tokenize": ["tokenize", "--input", "D", "--output", "O", "--tokenizer", "codebook"],
+    "predict": ["predict", "clip.mp4", "--checkpoint", "R"],
+    "samples": ["samples"],
+    "demo": ["demo"],
+    "study": ["study"],
+    "pipeline": ["pipeline", "compile"],
+}
+
+
+def leaves(tree: dict, path: tuple = ()) -> dict[tuple, object]:
+    out = {}
+    for key, value in tree.items():
+        out |= leaves(value, (*path, key)) if isinstance(value, dict) else {(*path, key): value}
+    return out
+
+
+def print_config(args: list[str]) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*args, "--print-config"]) == 0
+    return yaml.safe_load(out.getvalue()) or {}
+
+
+def test_every_golden_file_has_a_case():
+    assert {p.stem for p in GOLDEN.glob("*.yaml")} == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_print_config_is_unchanged(name):
+    golden = leaves(yaml.safe_load((GOLDEN / f"{name}.yaml").read_text()) or {})
+    if not name.startswith(UNCHANGED):
+        golden = {MOVED.get(key, key): value for key, value in golden.items()}
+    assert leaves(print_config(CASES[name])) == golden
