@@ -16,6 +16,7 @@ from typing import Any
 from bevt_core import storage
 
 WEIGHTS = "weights"  # Model artifact metadata: the weights file, relative to the artifact
+PLAIN = (str, int, float, bool, list, dict)  # the types of a component's parameters (KFP's, not artifacts)
 
 
 def location(artifact: Any, mode: str = "local") -> str:
@@ -59,7 +60,8 @@ def stage_config(cls: type, parameters: dict[str, Any], **fields: Any) -> Any:
     from bevt_core.config import from_dict
 
     names = {f.name for f in dataclasses.fields(cls)}
-    values = {name: value for name, value in parameters.items() if name in names}
+    # Artifacts (a step's `model` output, its `data` input) are objects: only plain parameters are config values.
+    values = {name: value for name, value in parameters.items() if name in names and isinstance(value, PLAIN)}
     return from_dict(cls, values | {"tracking": tracking_section(parameters)} | fields)
 
 

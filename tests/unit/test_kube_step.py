@@ -104,6 +104,34 @@ def test_artifact_locations():
     assert kfp_io.weights(a) == "/minio/mlpipeline/v2/a/model/recognizer.pt"
 
 
+def test_a_component_config_takes_its_plain_parameters_and_the_tracking_and_training_sections():
+    from bevt_core.stages.pretrain_image import PretrainImageConfig
+
+    # A component's locals(): its parameters, among them an output artifact named like a config section.
+    parameters = {
+        "preset": "tiny",
+        "model": FakeArtifact(path="/out/model", uri="", metadata={}),
+        "epochs": 0.0,
+        "max_steps": 3,
+        "batch_size": 0,
+        "workers": 1,
+        "log_every": 5,
+        "tracking_uri": "none",
+        "parent_run_id": "parent",
+    }
+    cfg = kfp_io.stage_config(
+        PretrainImageConfig,
+        parameters,
+        images="I",
+        image_tokens="T",
+        **kfp_io.training_sections(parameters, "/out/model"),
+    )
+    assert cfg.preset == "tiny" and cfg.model.name == "bevt-tiny" and cfg.images == "I"
+    assert (cfg.schedule.max_steps, cfg.schedule.epochs) == (3, 8)  # epochs 0: the recipe's
+    assert (cfg.run.work_dir, cfg.run.batch_size, cfg.run.workers, cfg.run.log_every) == ("/out/model", 16, 1, 5)
+    assert (cfg.tracking.uri, cfg.tracking.parent_run_id, cfg.tracking.run_label) == ("none", "parent", "")
+
+
 def test_publish_logs_numbers_writes_the_report_and_fails_on_failure(tmp_path):
     metrics = FakeArtifact(path=str(tmp_path / "metrics"), metadata={})
     md = FakeArtifact(path=str(tmp_path / "r.md"), schema_title="system.Markdown")
