@@ -221,7 +221,10 @@ def write(rows: list[Row], s: dict, device: torch.device, steps: int) -> None:
     (RESULTS / "train.json").write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "speedups": ratios}, indent=1) + "\n"
     )
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
     lines = [
         "# Training benchmark: joint pretraining step",
         "",

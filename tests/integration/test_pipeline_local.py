@@ -88,4 +88,5 @@ def test_run_local_whole_pipeline(samples, tmp_path, cli_env):
         assert sum(map(sum, scores["confusion"])) == len(task.val_list.read_text().splitlines())
         assert 0.0 <= scores["top1"] <= 1.0
         (report,) = root.rglob(f"for-loop-*-iteration-{i}/evaluate/report")
-        assert "<h2>evaluate</h2>" in report.read_text() and "data:image/png;base64," in report.read_text()
+        page = report.read_text()
+        assert f"<h2>evaluate {task.name}</h2>" in page and "data:image/png;base64," in page

@@ -338,7 +338,10 @@ def test_sigkill_then_rerun_equals_uninterrupted(samples, inputs, tmp_path, cli_
     assert "reused from an earlier run" in rerun.stdout
     assert not list(out.glob(".*.tmp-*")), "temporaries of the killed run are cleaned up"
     assert pq.read_table(out / "manifest.parquet").equals(pq.read_table(ref / "manifest.parquet"))
-    tars = lambda d: {p.name: p.read_bytes() for p in sorted(d.glob("*.tar"))}  # noqa: E731
+
+    def tars(folder):
+        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tar"))}
+
     assert tars(out) == tars(ref) and len(tars(ref)) == 8
     assert (out / "tokenizer.json").read_bytes() == (ref / "tokenizer.json").read_bytes()
     keys = pq.read_table(out / "manifest.parquet").column("key").to_pylist()

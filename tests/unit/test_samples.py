@@ -58,7 +58,7 @@ def _decord_all(path: Path) -> np.ndarray:
 def _decord_fails(path: Path) -> bool:
     try:
         arr = _decord_all(path)
-    except Exception:  # noqa: BLE001 - any decord error is the expected outcome
+    except Exception:  # noqa: BLE001 -- any decord error is the expected outcome
         return True
     return arr.ndim != 4 or arr.shape[0] == 0 or arr.shape[-1] != 3
 
@@ -262,7 +262,7 @@ def test_bad_inputs_are_real_and_bad(samples, manifest):
         if kind == "empty":
             assert path.stat().st_size == 0
         if kind in ("empty", "not_a_video", "truncated"):
-            with pytest.raises(Exception):  # noqa: B017 - PyAV raises InvalidDataError et al.
+            with pytest.raises(Exception):  # noqa: B017 -- PyAV raises InvalidDataError et al.
                 _pyav_frames(path)
         if kind == "one_frame":
             assert len(_pyav_frames(path)) == 1

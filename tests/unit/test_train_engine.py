@@ -86,8 +86,11 @@ def test_resume_reaches_the_same_weights(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     for a, b in zip(result.ema_model.parameters(), again.ema_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
     # The metric log travels with the state: the resumed run reports the whole run's first and last steps.
-    logged = lambda r: [(h["step"], h["loss"], h["lr"]) for h in r.history]  # noqa: E731
+    def logged(result):
+        return [(h["step"], h["loss"], h["lr"]) for h in result.history]
+
     assert logged(again) == logged(result) and again.mean("loss", first=True) == result.mean("loss", first=True)
     # A run resumed after its end trains nothing and still reports how it ended.
     finished = fit(make_task(4, ema=0.9), tmp_path / "full", checkpoint_every=3)

@@ -22,7 +22,10 @@ def swin_b_k400():
 
 def test_k400_layer_decay_table(swin_b_k400):
     got = options(swin_b_k400, layer_decay_keys((2, 2, 18, 2), 0.9), wd=0.001)
-    k = lambda n: pytest.approx(0.9**n)  # noqa: E731
+
+    def k(n):
+        return pytest.approx(0.9**n)
+
     assert got["backbone.norm.weight"] == (k(1), 0.0)
     assert got["backbone.layers.3.blocks.1.mlp.fc1.weight"][0] == k(1)
     assert got["backbone.layers.3.blocks.0.attn.qkv.weight"][0] == k(2)
@@ -74,7 +77,10 @@ def test_precedence_is_length_then_alphabetical():
 
 def test_pretrain_schedule_formula():
     s = Schedule(5e-4, total_iters=1000, warmup_iters=100, iters_per_epoch=10)
-    cos = lambda t: 0.5 * 5e-4 * (1 + math.cos(math.pi * t / 1000))  # noqa: E731
+
+    def cos(t):
+        return 0.5 * 5e-4 * (1 + math.cos(math.pi * t / 1000))
+
     assert s.lr(0) == pytest.approx(cos(0) * 0.1)
     assert s.lr(50) == pytest.approx(cos(50) * (1 - 0.5 * 0.9))
     assert s.lr(100) == pytest.approx(cos(100))
