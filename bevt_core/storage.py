@@ -72,9 +72,14 @@ def exists(uri: str | os.PathLike) -> bool:
             s3_client().head_object(Bucket=bucket, Key=key)
             return True
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise
+            if code not in ("403", "Forbidden"):
+                raise
+        # A refused HEAD has no body to say why; a GET's error names the cause (bad signature, unknown key).
+        s3_client().get_object(Bucket=bucket, Key=key, Range="bytes=0-0")
+        return True
     return Path(uri).exists()
 
 

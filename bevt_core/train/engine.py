@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -341,15 +342,24 @@ class Trainer:
 
 
 def train(task: Task, settings: Settings, env: Dist, log_metrics: LogMetrics, say: Say = print) -> TrainResult:
+    """Run the task; in a job of several ranks, a rank that fails leaves at once (see :func:`leave_the_job`)."""
     try:
         return Trainer(task, settings, env, log_metrics, say).train()
-    except dist.DistError as e:
+    except Exception as error:
         if env.world > 1:
-            print(
-                f"bevt: rank {env.rank}: distributed communication failed; a peer rank probably died "
-                f"or hangs: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                file=sys.stderr,
-                flush=True,
-            )
-            os._exit(EXIT_PEER_LOST)  # a dead peer can hang a clean shutdown of the process group
+            leave_the_job(env.rank, error)
         raise
+
+
+def leave_the_job(rank: int, error: Exception) -> None:
+    """Exit this rank without a clean shutdown of the process group: a peer that died can hang one. gloo
+    reports a lost peer as a plain RuntimeError, so a failure is not told apart by its type, except
+    torch.distributed's own errors; the traceback goes to the log either way."""
+    first_line = (str(error).splitlines() or [type(error).__name__])[0]
+    if isinstance(error, dist.DistError):
+        cause = f"distributed communication failed; a peer rank probably died or hangs: {first_line}"
+    else:
+        traceback.print_exception(error, file=sys.stderr)
+        cause = f"training failed ({type(error).__name__}: {first_line}); when a peer rank died, this is how it shows"
+    print(f"bevt: rank {rank}: {cause}; exiting so the whole job stops", file=sys.stderr, flush=True)
+    os._exit(EXIT_PEER_LOST)

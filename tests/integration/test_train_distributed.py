@@ -180,12 +180,12 @@ def test_a_dead_or_hung_rank_makes_the_other_exit_within_the_timeout(scene, tmp_
     # Wait until rank 0 reports training steps: both ranks are inside the loop.
     seen = ""
     deadline = time.time() + 240
-    while time.time() < deadline and "step 2 " not in seen:
+    while time.time() < deadline and "step 2/" not in seen:
         line = ranks[0].stdout.readline()
         if not line:
             break
         seen += line
-    assert "step 2 " in seen, seen[-3000:]
+    assert "step 2/" in seen, seen[-3000:]
     ranks[1].send_signal(how)
     killed_at = time.time()
     try:
