@@ -118,6 +118,18 @@ def set_caching(package: str, enabled: bool) -> str:
     return package
 
 
+def _run_pipeline(arguments: dict[str, Any]) -> None:
+    """The pipeline on KFP's local runner. The runner swaps ``print`` for an indenting one around each task and
+    puts its own back after; two tasks of a ParallelFor running at once can leave the indenting one behind."""
+    import builtins
+
+    original = builtins.print
+    try:
+        _pipeline()(**arguments)
+    finally:
+        builtins.print = original
+
+
 @dataclass
 class LocalRun:
     root: str  # the pipeline root: every step's artifacts, KFP's step cache, report.html
@@ -146,7 +158,7 @@ def run_local(cfg: PipelineConfig) -> LocalRun:
     # One store for every step (auto would give each training step its own SQLite file).
     uri = resolve_uri(cfg.params.tracking_uri, root)
     if not uri:
-        _pipeline()(**args)
+        _run_pipeline(args)
         return LocalRun(root)
     if cfg.params.parent_run_id:
         parent = report.reopen_run(uri, cfg.params.parent_run_id)
@@ -156,7 +168,7 @@ def run_local(cfg: PipelineConfig) -> LocalRun:
     started = time.time()
     failed = True
     try:
-        _pipeline()(**args)
+        _run_pipeline(args)
         failed = False
     finally:
         page = report.close_run(uri, parent, failed, since=started)
