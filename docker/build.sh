@@ -15,7 +15,7 @@ kinds=("$@")
 [ ${#kinds[@]} -gt 0 ] || kinds=(cpu cuda mlflow)
 
 images_py() {  # images.py needs only the standard library: no venv required
-  PYTHONPATH=. "$python" -c "from bevt_core.kube import images; print(images.$1)"
+  PYTHONPATH=. "$python" -c "from bevt_core import images; print(images.$1)"
 }
 
 # --- the base image --------------------------------------------------------------------------------

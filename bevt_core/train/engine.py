@@ -157,13 +157,16 @@ class Trainer:
         self.net = self._wrap(self.model)
         self.window_start, self.window_samples = time.perf_counter(), 0
 
+    @property
+    def averaged(self) -> nn.Module | None:
+        """The EMA weights' module, when the task keeps one."""
+        return self.ema.module if self.ema is not None else None
+
     def _resume(self) -> tuple[Position, list[dict], str]:
         resume = {"auto": self.store.latest(), "never": None}.get(self.run.resume, self.run.resume)
         if not resume:
             return Position(), [], ""
-        position, history = load_state(
-            resume, self.model, self.optimizer, self.scaler, self.ema.module if self.ema is not None else None
-        )
+        position, history = load_state(resume, self.model, self.optimizer, self.scaler, self.averaged)
         self.say(
             f"resumed from {resume} at step {position.step} (epoch {position.epoch}, "
             f"micro-batch {position.epoch_micro}, {position.samples} samples consumed)"
@@ -289,13 +292,7 @@ class Trainer:
         self.result.checkpoint = self.store.path(self.position.step)
         if self.env.main:
             self.store.save(
-                self.model,
-                self.optimizer,
-                self.position,
-                self.scaler,
-                self.ema.module if self.ema is not None else None,
-                self.config,
-                self.result.history,
+                self.model, self.optimizer, self.position, self.scaler, self.averaged, self.config, self.result.history
             )
         if self.env.world > 1:
             dist.barrier()
@@ -337,7 +334,7 @@ class Trainer:
         mfus = [h["mfu"] for h in r.history[1:] if "mfu" in h]
         r.mfu = sum(mfus) / len(mfus) if mfus else None
         r.peak_memory_gb = memory_gb(self.device)
-        r.ema_model = self.ema.module if self.ema is not None else None
+        r.ema_model = self.averaged
         return r
 
 
