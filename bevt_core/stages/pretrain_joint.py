@@ -9,16 +9,19 @@ names, which ``finetune`` loads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from bevt_core import storage
 from bevt_core.config import ConfigError, at_least, non_empty, option
 from bevt_core.loading import pretrain as pretrain_data
 from bevt_core.loading.streams import StepStream, loader
 from bevt_core.loading.targets import tokenizer_of
-from bevt_core.models import load_checkpoint
+from bevt_core.models import load_checkpoint, read_state_dict
 from bevt_core.recipes import PRETRAIN_JOINT, resolve
-from bevt_core.stages.training import Session, TrainStageResult, build_from, session
+from bevt_core.stages.training import TrainStageResult, build_from, session
 from bevt_core.tracking import masked
 from bevt_core.tracking.config import TrackingConfig
 from bevt_core.train.engine import Task
@@ -39,6 +42,11 @@ class PretrainJointConfig:
         "",
         help="Initial weights: the pretrain-image checkpoint (2D, inflated to 3D) or a 3D "
         "BEVT checkpoint. Empty: random init.",
+    )
+    init_lm_head: bool = option(
+        False,
+        help="Also take the token classifier (cls_head.lm_head) from --init. The "
+        "official joint stage starts it fresh and loads only the backbone.",
     )
     preset: str = option("swin-b", help=f"Recipe the unset fields come from: {', '.join(PRETRAIN_JOINT)}.")
     targets: str = option(
@@ -94,11 +102,20 @@ def joint_batches(videos: StepStream, images: StepStream | None, workers: int):
     return batches
 
 
-def initialise(job: Session, model, init: str) -> None:
-    loaded = load_checkpoint(model, init, strict=False)
+HEAD_PREFIXES = ("cls_head.", "lm_head.")
+
+
+def initialise(model: torch.nn.Module, init: str, lm_head: bool, say: Callable[[str], None]) -> None:
+    """Load ``init`` (2D: inflated) into the model; without ``lm_head`` only its backbone, as the official joint
+    stage does: the image checkpoint goes to ``backbone.pretrained`` and the token classifier starts fresh
+    (docs/official-behaviour.md §1.10)."""
+    state = read_state_dict(init)
+    if not lm_head:
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+    loaded = load_checkpoint(model, state, strict=False)
     modules = sorted({k.rsplit(".", 2)[0] for k in loaded.missing_keys})
     left = f"{len(loaded.missing_keys)} tensors left at their init: {', '.join(modules[:6])}"
-    job.say(f"initialised from {init} ({left})")
+    say(f"initialised from {init} ({left})")
 
 
 def run(cfg: PretrainJointConfig) -> TrainStageResult:
@@ -130,7 +147,7 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
             cfg.model, settings, vocab_size=vocabulary([videos] + ([images] if images else [])), num_frames=cfg.clip_len
         )
         if cfg.init:
-            initialise(job, model, cfg.init)
+            initialise(model, cfg.init, cfg.init_lm_head, job.say)
         job.model_ready()
         ids = pretrain_data.online_ids(tokenizer_of(videos.token_set)) if cfg.targets == "online" else None
 

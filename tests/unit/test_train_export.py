@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bevt_core.models import build_model, load_checkpoint
+from bevt_core.models import build_model, load_checkpoint, save_weights
 from bevt_core.stages.pretrain_image import image_checkpoint
-from bevt_core.stages.training import save_weights
 
 
 def test_image_checkpoint_is_2d_and_inflates_to_the_same_image_predictions(tmp_path):
@@ -35,3 +34,21 @@ def test_image_checkpoint_is_2d_and_inflates_to_the_same_image_predictions(tmp_p
     mask[:, 1:3, 1:3] = True
     with torch.no_grad():
         torch.testing.assert_close(inflated.token_logits(image, mask), trained.token_logits(image, mask))
+
+
+def test_joint_pretraining_takes_only_the_backbone_unless_asked(tmp_path):
+    """The official joint stage loads the image checkpoint into the backbone: the token classifier starts fresh."""
+    from bevt_core.stages.pretrain_joint import initialise
+
+    torch.manual_seed(0)
+    image_stage = build_model("bevt-tiny", drop_path_rate=0.0)
+    uri = str(tmp_path / "image_encoder.pt")
+    save_weights(image_checkpoint(image_stage.state_dict(), image_stage.config.swin.window_size), uri, {})
+    for carry in (False, True):
+        torch.manual_seed(1)
+        joint = build_model("bevt-tiny", drop_path_rate=0.0)
+        fresh = joint.cls_head.lm_head.weight.detach().clone()
+        initialise(joint, uri, lm_head=carry, say=lambda text: None)
+        expected = image_stage.cls_head.lm_head.weight if carry else fresh
+        torch.testing.assert_close(joint.cls_head.lm_head.weight, expected, rtol=0, atol=0)
+        torch.testing.assert_close(joint.backbone.mask_token, image_stage.backbone.mask_token, rtol=0, atol=0)
