@@ -36,6 +36,7 @@ class Recipe:
     ema_momentum: float | None = None  # finetune
     image_batch_size: int | None = None  # pretrain-joint
     clip_len: int | None = None  # pretrain-joint
+    frame_interval: int | None = None  # pretrain-joint, in frames of the video
 
 
 def _run(batch_size: int, accum_steps: int, precision: str) -> RunConfig:
@@ -70,6 +71,7 @@ PRETRAIN_JOINT: dict[str, Recipe] = {
         _run(4, 2, "bf16"),
         image_batch_size=32,
         clip_len=16,
+        frame_interval=8,
     ),
     "tiny": Recipe(
         TINY_PRETRAIN_MODEL,
@@ -78,6 +80,7 @@ PRETRAIN_JOINT: dict[str, Recipe] = {
         _run(4, 1, "fp32"),
         image_batch_size=8,
         clip_len=8,
+        frame_interval=1,
     ),
 }
 

@@ -78,6 +78,7 @@ def joint_config(data: Path, work_dir: Path, batch: int, workers: int = 0) -> di
         "images": str(data / "images"),
         "image_tokens": str(data / "itok"),
         "image_batch_size": 2,
+        "frame_interval": 2,  # the shards keep every second frame
         "schedule": {"max_steps": STEPS},
         "run": {"work_dir": str(work_dir), "batch_size": batch, "workers": workers, "timeout_s": 120},
         "tracking": {"uri": "none"},

@@ -27,7 +27,10 @@ class ClipOptions:
 
     clip_len: int | None = option(help="Frames per clip.", check=at_least(1), preset=True)
     frame_interval: int | None = option(
-        help="Stored frames between clip frames (interval sampling).", check=at_least(1), preset=True
+        help="Frames of the video between clip frames (interval sampling), as the official SampleFrames counts them; "
+        "the shards' stride must divide it.",
+        check=at_least(1),
+        preset=True,
     )
     sampling: str | None = option(
         help="interval (K400 SampleFrames) or uniform (SSv2 segments).", choices=("interval", "uniform"), preset=True

@@ -1,6 +1,6 @@
 """Finetune / evaluation clips from data shards (docs/official-behaviour.md §5.1).
 
-Frame sampling over a video's *stored* frames (the shard already applied its temporal stride):
+Frame sampling in the video's own frames, read from the stored ones (:mod:`bevt_core.loading.frames`):
 ``interval`` is K400's ``SampleFrames`` (random start, fixed interval, wrap around; test clips
 evenly spaced), ``uniform`` is SSv2's segment sampling (random frame per segment; test takes the
 middle). Training crops: short side to 256/224 of the crop, RandomResizedCrop (area .08-1,
@@ -19,28 +19,37 @@ import numpy as np
 import torch
 
 from bevt_core.data.decode import decode_jpeg
+from bevt_core.data.jobs import recorded_settings
 from bevt_core.data.manifest import load_manifest
 from bevt_core.data.shard_format import Sample
 from bevt_core.loading.clip_spec import ClipSpec
+from bevt_core.loading.frames import (
+    StoredFrames,
+    check_stride,
+    interval_test,
+    interval_train,
+    uniform_test,
+    uniform_train,
+)
 from bevt_core.loading.streams import StepStream
-from bevt_core.loading.targets import clip_indices, normalize
+from bevt_core.loading.targets import normalize
 
 
-def train_indices(n: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+def train_indices(sample: Sample, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+    """Stored positions of a training clip's frames, sampled as the official recipe samples the video's own."""
+    frames = StoredFrames.of(sample)
     if spec.sampling == "interval":
-        return clip_indices(n, spec.clip_len, spec.frame_interval, rng)
-    seg = (n - 1) / spec.clip_len
-    return np.array([int(rng.integers(round(seg * i), round(seg * (i + 1)) + 1)) for i in range(spec.clip_len)])
+        return frames.positions(interval_train(frames.raw, spec.clip_len, spec.frame_interval, rng))
+    return frames.positions(uniform_train(frames.raw, spec.clip_len, rng))
 
 
-def test_indices(n: int, spec: ClipSpec) -> list[np.ndarray]:
+def test_indices(sample: Sample, spec: ClipSpec) -> list[np.ndarray]:
+    """Stored positions of the test clips' frames (``spec.test_clips`` for interval sampling, one for uniform)."""
+    frames = StoredFrames.of(sample)
     if spec.sampling == "uniform":
-        seg = (n - 1) / spec.clip_len
-        return [np.array([(round(seg * i) + round(seg * (i + 1))) // 2 for i in range(spec.clip_len)])]
-    span = spec.clip_len * spec.frame_interval
-    avg = (n - span + 1) / spec.test_clips
-    starts = [int(avg / 2 + avg * i) for i in range(spec.test_clips)] if n > span - 1 else [0] * spec.test_clips
-    return [(s + np.arange(spec.clip_len) * spec.frame_interval) % n for s in starts]
+        return [frames.positions(uniform_test(frames.raw, spec.clip_len))]
+    clips = interval_test(frames.raw, spec.clip_len, spec.frame_interval, spec.test_clips)
+    return [frames.positions(clip) for clip in clips]
 
 
 def _frames(sample: Sample, idx: np.ndarray) -> np.ndarray:
@@ -103,7 +112,7 @@ def _erase(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 def train_clip(sample: Sample, spec: ClipSpec, rng: np.random.Generator) -> torch.Tensor:
     """Normalised (3, T, crop, crop) training clip."""
-    frames = _short_side(_frames(sample, train_indices(len(sample.jpegs), spec, rng)), round(spec.crop * 256 / 224))
+    frames = _short_side(_frames(sample, train_indices(sample, spec, rng)), round(spec.crop * 256 / 224))
     top, left, ch, cw = _resized_crop_box(*frames.shape[1:3], rng)
     frames = np.stack(
         [
@@ -124,7 +133,7 @@ def train_clip(sample: Sample, spec: ClipSpec, rng: np.random.Generator) -> torc
 def test_views(sample: Sample, spec: ClipSpec) -> torch.Tensor:
     """Normalised (clips x crops, 3, T, crop, crop) test views."""
     views = []
-    for idx in test_indices(len(sample.jpegs), spec):
+    for idx in test_indices(sample, spec):
         frames = _short_side(_frames(sample, idx), spec.crop)
         h, w = frames.shape[1:3]
         long_h = h > w
@@ -143,6 +152,8 @@ def clip_stream(
     """Labelled clips of a shard directory: training clips (``{'clip', 'label'}`` batches, shuffled) or
     the test views of each video in order (``{'views', 'label'}``)."""
     manifest = load_manifest(root)
+    if spec.sampling == "interval":
+        check_stride(spec.frame_interval, recorded_settings(root)["frame_interval"], root)
     if train_mode:
 
         def make(row, sample, _, rng):

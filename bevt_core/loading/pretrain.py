@@ -18,7 +18,7 @@ def stream(
     tokens: str,
     *,
     clip_len: int,
-    frame_stride: int,
+    frame_interval: int,
     mode: str,
     micro_batch: int,
     rank: int,
@@ -29,7 +29,7 @@ def stream(
     """A stream of tuples: video (clip, in_mask, out_mask, target), image (image, mask, target).
 
     target is int64 ids, or in ``online`` mode the uint8 crops for a tokenizer inside the step."""
-    targets = TokenTargets(data, tokens, clip_len=clip_len, frame_stride=frame_stride, mode=mode)
+    targets = TokenTargets(data, tokens, clip_len=clip_len, frame_interval=frame_interval, mode=mode)
     first = targets.tokens.manifest.rows[0]
     grid, video = int(first["grid"]), bool(first["video"])
     block = BlockMaskGenerator.scaled(grid)

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 from bevt_core.data.decode import decode_jpeg
+from bevt_core.data.jobs import recorded_settings
 from bevt_core.data.loader import ShardStream, buffer_shuffle, current_consumer, read_runs
 from bevt_core.data.shard_format import Sample
 from bevt_core.data.token_format import TokenSample, TokenSet, load_tokens, parse_data, parse_tokens
 from bevt_core.data.views import View, apply_view
+from bevt_core.loading.frames import StoredFrames, check_stride, interval_train
 from bevt_core.tokenizers import open_tokenizer
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
@@ -28,14 +30,6 @@ STD = np.array([58.395, 57.12, 57.375], np.float32)
 def tokenizer_of(tokens: TokenSet, device: str = "auto", batch_size: int = 256):
     """The tokenizer that made a token directory's ids, for online targets or to check them."""
     return open_tokenizer(tokens.record, tokens.manifest.root, device=device, batch_size=batch_size)
-
-
-def clip_indices(frames: int, clip_len: int, stride: int, rng: np.random.Generator) -> np.ndarray:
-    """``SampleFrames(num_clips=1)``: a random start in ``[0, frames - clip_len*stride]``, then
-    every ``stride``-th stored frame; a video too short starts at 0 and wraps around."""
-    span = clip_len * stride
-    start = int(rng.integers(0, frames - span + 1)) if frames >= span else 0
-    return (start + np.arange(clip_len) * stride) % frames
 
 
 def normalize(crops: np.ndarray) -> torch.Tensor:
@@ -55,7 +49,8 @@ class TokenTargets(ShardStream):
     """Training samples with their precomputed targets (``mode="stored"``) or, for comparison with
     the official setup, with the augmented uint8 crop for a tokenizer inside the step
     (``mode="online"``). One view index (of the stored V) and one temporal window of ``clip_len``
-    frames, ``frame_stride`` stored frames apart, are drawn at random per sample and epoch.
+    frames, ``frame_interval`` frames of the video apart (:mod:`bevt_core.loading.frames`), are drawn at
+    random per sample and epoch.
     """
 
     def __init__(
@@ -64,7 +59,7 @@ class TokenTargets(ShardStream):
         tokens_root: str,
         *,
         clip_len: int = 16,
-        frame_stride: int = 1,
+        frame_interval: int = 1,
         mode: str = "stored",
         shuffle: bool = False,
         seed: int = 0,
@@ -91,7 +86,8 @@ class TokenTargets(ShardStream):
                 f"{tokens_root} has no tokens for {len(missing)} samples of {data_root} "
                 f"(e.g. {missing[0]}): tokenize this data directory"
             )
-        self.clip_len, self.frame_stride, self.mode = clip_len, frame_stride, mode
+        check_stride(frame_interval, recorded_settings(data_root)["frame_interval"], data_root, "frame_interval")
+        self.clip_len, self.frame_interval, self.mode = clip_len, frame_interval, mode
 
     def __iter__(self):
         consumer = current_consumer(self.rank, self.world_size)
@@ -113,7 +109,8 @@ class TokenTargets(ShardStream):
         v = int(rng.integers(len(tokens.views)))
         view = tokens.views[v]
         if is_video:
-            idx = clip_indices(len(sample.jpegs), self.clip_len, self.frame_stride, rng)
+            frames = StoredFrames.of(sample)
+            idx = frames.positions(interval_train(frames.raw, self.clip_len, self.frame_interval, rng))
             # Decode and augment each stored frame once, even when a short video wraps around.
             uniq, inverse = np.unique(idx, return_inverse=True)
             crops = apply_view(np.stack([decode_jpeg(sample.jpegs[i]) for i in uniq.tolist()]), view)[inverse]

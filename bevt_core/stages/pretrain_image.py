@@ -76,7 +76,7 @@ def run(cfg: PretrainImageConfig) -> TrainStageResult:
             cfg.images,
             cfg.image_tokens,
             clip_len=1,
-            frame_stride=1,
+            frame_interval=1,
             mode=cfg.targets,
             micro_batch=settings.batch_size,
             rank=env.rank,

@@ -55,7 +55,10 @@ class PretrainJointConfig:
         choices=("stored", "online"),
     )
     image_batch_size: int | None = option(help="Images per rank per micro-step.", check=at_least(1), preset=True)
-    clip_len: int | None = option(help="Frames per clip, consecutive stored frames.", check=at_least(2), preset=True)
+    clip_len: int | None = option(help="Frames per clip.", check=at_least(2), preset=True)
+    frame_interval: int | None = option(help="Frames of the video between a clip's frames, counted as the official "
+                                        "SampleFrames counts them (the shards' stride must divide it).",
+                                        check=at_least(1), preset=True)
     model: ModelOptions = option(ModelOptions, help="Model.")
     optim: OptimConfig = option(OptimConfig, help="Optimizer.")
     schedule: ScheduleConfig = option(ScheduleConfig, help="Schedule.")
@@ -126,7 +129,7 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
             cfg.videos,
             cfg.video_tokens,
             clip_len=cfg.clip_len,
-            frame_stride=1,
+            frame_interval=cfg.frame_interval,
             micro_batch=settings.batch_size,
             **common,
         )
@@ -135,7 +138,7 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
                 cfg.images,
                 cfg.image_tokens,
                 clip_len=1,
-                frame_stride=1,
+                frame_interval=1,
                 micro_batch=cfg.image_batch_size,
                 cycle=True,
                 **common,

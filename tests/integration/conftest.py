@@ -145,7 +145,7 @@ def tracked_pipeline(samples, mlflow_server, tmp_path_factory) -> TrackedPipelin
         "crop": 64,
         "codebook_size": 16,
         "short_side": 64,
-        "pretrain_frame_interval": 2,
+        "pretrain_frame_interval": 1,
         "max_steps": 2,
         "procs_per_node": 1,
         "workers": 0,

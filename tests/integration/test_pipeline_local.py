@@ -56,7 +56,7 @@ def test_run_local_whole_pipeline(samples, tmp_path, cli_env):
         "crop": 64,
         "codebook_size": 32,
         "short_side": 64,
-        "pretrain_frame_interval": 2,
+        "pretrain_frame_interval": 1,
         "max_steps": 2,
         "procs_per_node": 2,
         "finetune_procs_per_node": 2,

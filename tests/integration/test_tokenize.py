@@ -91,10 +91,10 @@ def tokenizer_args(kind: str, inputs: dict) -> dict:
     return {"tokenizer": "codebook", "codebook_size": 32, "fit_samples": 4, "fit_iters": 5}
 
 
-def check_invariant(data: str, tokens: str, clip_len: int = 4, stride: int = 2, video: bool = True) -> int:
+def check_invariant(data: str, tokens: str, clip_len: int = 4, interval: int = 8, video: bool = True) -> int:
     """Stored targets == the tokenizer run online on the loader's replayed crops; returns ids checked."""
-    stored = TokenTargets(data, tokens, clip_len=clip_len, frame_stride=stride, shuffle=True, seed=5)
-    online = TokenTargets(data, tokens, clip_len=clip_len, frame_stride=stride, shuffle=True, seed=5, mode="online")
+    stored = TokenTargets(data, tokens, clip_len=clip_len, frame_interval=interval, shuffle=True, seed=5)
+    online = TokenTargets(data, tokens, clip_len=clip_len, frame_interval=interval, shuffle=True, seed=5, mode="online")
     tok = tokenizer_of(online.tokens, device="cpu")
     checked = 0
     for s, o in zip(stored, online, strict=True):
@@ -135,8 +135,10 @@ def test_short_videos_wrap_around_like_sample_frames(inputs, tmp_path):
             input=inputs["video"], output=out, views=2, crop=CROP, progress=False, **tokenizer_args("codebook", inputs)
         )
     )
-    assert check_invariant(inputs["video"], out, clip_len=5, stride=3) > 0  # 15-frame span over 8 stored frames
-    ds = TokenTargets(inputs["video"], out, clip_len=5, frame_stride=3, seed=1)
+    # Shards keep every 4th frame, 8 of them: a 5 x 12 = 60-frame span over the 32 frames they cover starts at 0
+    # and wraps, every 12th frame of the video being every 3rd stored one.
+    assert check_invariant(inputs["video"], out, clip_len=5, interval=12) > 0
+    ds = TokenTargets(inputs["video"], out, clip_len=5, frame_interval=12, seed=1)
     tokens = load_tokens(out)
     for s in ds:
         stored = np.load(io.BytesIO(_member(out, tokens.by_key[s.key], "tokens.npy")))

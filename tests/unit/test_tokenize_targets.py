@@ -5,19 +5,33 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bevt_core.loading.targets import clip_indices, normalize
+from bevt_core.data.shard_format import Sample
+from bevt_core.loading.frames import StoredFrames, interval_train
+from bevt_core.loading.targets import normalize
 
 
 def test_clip_window_follows_sample_frames():
     rng = np.random.default_rng(0)
-    starts = {int(clip_indices(40, 4, 2, rng)[0]) for _ in range(2000)}
-    assert starts == set(range(0, 40 - 8 + 1)), "start ~ U[0, frames - clip_len*stride], both ends"
+    starts = {int(interval_train(40, 4, 2, rng)[0]) for _ in range(2000)}
+    assert starts == set(range(0, 40 - 8 + 1)), "start ~ U[0, frames - clip_len*interval], both ends"
     for _ in range(20):
-        idx = clip_indices(40, 4, 2, rng)
+        idx = interval_train(40, 4, 2, rng)
         assert np.array_equal(np.diff(idx), [2, 2, 2])
     # Too short for the span: start at 0 and wrap around (SampleFrames' out_of_bound_opt='loop').
-    assert clip_indices(5, 4, 2, rng).tolist() == [0, 2, 4, 1]
-    assert clip_indices(16, 16, 1, rng).tolist() == list(range(16))
+    assert interval_train(5, 4, 2, rng).tolist() == [0, 2, 4, 1]
+    assert interval_train(16, 16, 1, rng).tolist() == list(range(16))
+
+
+def test_raw_frames_are_read_from_the_stored_ones():
+    """A shard at stride 2 holds frames 0, 2, 4...: raw frame 7 is read from the stored frame of raw 6."""
+    def sample(kept: list[int], raw: int) -> Sample:
+        return Sample("k", 0, {"frame_indices": kept, "num_frames": raw}, [b""] * len(kept))
+
+    frames = StoredFrames.of(sample(list(range(0, 301, 2)), 301))
+    assert (frames.stride, frames.count, frames.raw) == (2, 151, 301)
+    assert frames.positions(np.array([0, 6, 7, 300])).tolist() == [0, 3, 3, 150]
+    capped = StoredFrames.of(sample([0, 2, 4, 6], 301))  # shard --max-frames 4: the video ends after frame 7
+    assert (capped.raw, capped.positions(np.array([7, 9])).tolist()) == (8, [3, 3])
 
 
 def test_normalize_layout_and_values():

@@ -1,0 +1,264 @@
+"""bevt_core.loading.imgaug_augment against imgaug 0.4.0 itself.
+
+The vectors in tests/vectors/imgaug_randaugment.json were recorded from imgaug 0.4.0 by
+tests/vectors/make_imgaug_vectors.py (how to rerun it is in its docstring), with the Pillow and OpenCV versions of
+requirements/lock.txt. Every op is compared bit for bit, without tolerance: our ops call the PIL / OpenCV primitive
+imgaug calls, or compute a result that provably equals it (integer forms of PIL's BLUR and SMOOTH, PIL-built lookup
+tables for brightness and contrast, imgaug's own integer equalize and truncated autocontrast), so no rounding
+differs. If a Pillow or OpenCV upgrade changes their rounding, these tests fail: record the vectors again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+from scipy.stats import chi2_contingency
+
+from bevt_core.loading.imgaug_augment import OP_NAMES, RandAugmentDraw, apply, draw, rand_augment
+
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "imgaug_randaugment.json").read_text())
+NO_CROP = (0, 0, 0, 0)
+# The ops whose parameter is ± a magnitude set by M, and the parameter's name.
+SIGNED = {
+    "Rotate": "degrees",
+    "ShearX": "degrees",
+    "ShearY": "degrees",
+    "TranslateX": "fraction",
+    "TranslateY": "fraction",
+}
+ENHANCE = ("EnhanceColor", "EnhanceContrast", "EnhanceBrightness", "EnhanceSharpness")
+# Below this p-value two samples are taken to come from different distributions; the draws are seeded, so each
+# test gives the same answer on every run.
+P_MIN = 1e-3
+
+
+def decode(entry: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(entry["b64"]), np.uint8).reshape(entry["shape"])
+
+
+IMAGES = {key: decode(entry) for key, entry in VECTORS["images"].items()}
+
+
+def replay(image: np.ndarray, flip: bool, crop, ops) -> np.ndarray:
+    ops = tuple((name, dict(params)) for name, params in ops)
+    return apply(image[None], RandAugmentDraw(flip=flip, crop=tuple(crop), ops=ops))[0]
+
+
+def entry_id(entry: dict) -> str:
+    return f"{entry['op']}-{entry['image']}-" + "-".join(f"{v:.4g}" for v in entry["params"].values())
+
+
+def test_op_list_is_imgaugs():
+    assert list(OP_NAMES) == VECTORS["op_names"]
+
+
+# --- (a) every op, the head and whole draws reproduce imgaug's output --------------------------------------------
+
+
+@pytest.mark.parametrize("entry", VECTORS["single_ops"], ids=entry_id)
+def test_each_op_reproduces_imgaug(entry):
+    out = replay(IMAGES[entry["image"]], False, NO_CROP, [(entry["op"], entry["params"])])
+    np.testing.assert_array_equal(out, decode(entry["output"]))
+
+
+@pytest.mark.parametrize("entry", VECTORS["head"], ids=lambda e: f"flip{int(e['flip'])}-crop{e['crop']}")
+def test_flip_and_crop_reproduce_imgaug(entry):
+    out = replay(IMAGES[entry["image"]], entry["flip"], entry["crop"], [])
+    np.testing.assert_array_equal(out, decode(entry["output"]))
+
+
+@pytest.mark.parametrize("entry", VECTORS["seeds"], ids=lambda e: f"seed{e['seed']}")
+def test_whole_draws_reproduce_imgaug(entry):
+    """imgaug's RandAugment(4, 7) draws, replayed: flip, crop and four ops in imgaug's order."""
+    out = replay(IMAGES[entry["image"]], entry["flip"], entry["crop"], entry["ops"])
+    np.testing.assert_array_equal(out, decode(entry["output"]))
+
+
+def natural_frames(count: int, height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth content with noise, so that filters and equalization have something to work on."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (count, height // 8 + 2, width // 8 + 2, 3)).astype(np.float64)
+    rows = np.linspace(0, coarse.shape[1] - 1, height).round().astype(int)
+    cols = np.linspace(0, coarse.shape[2] - 1, width).round().astype(int)
+    frames = coarse[:, rows][:, :, cols] + rng.normal(0, 12, (count, height, width, 3))
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+PIL_OPS = {
+    "FilterBlur": lambda image: image.filter(ImageFilter.BLUR),
+    "FilterSmooth": lambda image: image.filter(ImageFilter.SMOOTH),
+    "EnhanceSharpness": lambda image: ImageEnhance.Sharpness(image).enhance(1.21),
+    "EnhanceContrast": lambda image: ImageEnhance.Contrast(image).enhance(0.79),
+    "EnhanceBrightness": lambda image: ImageEnhance.Brightness(image).enhance(1.21),
+    "EnhanceColor": lambda image: ImageEnhance.Color(image).enhance(0.79),
+}
+PIL_OP_PARAMS = {"EnhanceSharpness": 1.21, "EnhanceContrast": 0.79, "EnhanceBrightness": 1.21, "EnhanceColor": 0.79}
+
+
+@pytest.mark.parametrize("name", sorted(PIL_OPS))
+def test_ops_imgaug_leaves_to_pil_equal_pil_on_larger_frames(name):
+    """imgaug's filter and enhance ops are PIL calls (imgaug pillike.py L535-L824); ours are not always, so they are
+    also compared with PIL at sizes the vectors do not cover, including 224 x 224."""
+    params = {"factor": PIL_OP_PARAMS[name]} if name in PIL_OP_PARAMS else {}
+    for height, width in ((224, 224), (57, 31), (5, 5), (4, 9)):
+        frames = natural_frames(3, height, width, seed=height * width)
+        frames[0, :2] = 255
+        frames[0, -2:] = 0
+        out = apply(frames, RandAugmentDraw(flip=False, crop=NO_CROP, ops=((name, params),)))
+        expected = np.stack([np.asarray(PIL_OPS[name](Image.fromarray(frame))) for frame in frames])
+        np.testing.assert_array_equal(out, expected, err_msg=f"{name} on {height}x{width}")
+
+
+# --- (b) the ops, their number and their magnitudes are drawn as imgaug draws them -------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 4, 18, 25])
+def test_draw_applies_exactly_n_distinct_ops(n):
+    rng = np.random.default_rng(n)
+    for _ in range(300):
+        names = [name for name, _ in draw(n, 7, 224, 224, rng).ops]
+        assert len(names) == min(n, len(OP_NAMES)) == len(set(names))
+        assert set(names) <= set(OP_NAMES)
+
+
+def test_imgaug_vectors_draw_four_distinct_ops():
+    assert all(len(ops) == len(set(ops)) == VECTORS["n"] for ops in VECTORS["choices"]["ops"])
+
+
+def our_choices(count: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[OP_NAMES.index(name) for name, _ in draw(4, 7, 224, 224, rng).ops] for _ in range(count)]
+
+
+def homogeneous(ours: Counter, theirs: Counter, categories) -> float:
+    """p-value of a chi-square test that two samples of ``categories`` come from one distribution."""
+    table = np.array([[counts[c] for c in categories] for counts in (ours, theirs)])
+    return chi2_contingency(table).pvalue
+
+
+def test_ops_are_chosen_with_imgaugs_frequencies():
+    """Which ops, and which op in which position: uniform over 18 ops without replacement, in random order."""
+    ours, theirs = our_choices(8000, seed=1), VECTORS["choices"]["ops"]
+    categories = range(len(OP_NAMES))
+    pvalue = homogeneous(Counter(i for ops in ours for i in ops), Counter(i for ops in theirs for i in ops), categories)
+    assert pvalue > P_MIN, f"all positions: p = {pvalue:.2g}"
+    for position in range(4):
+        pvalue = homogeneous(
+            Counter(ops[position] for ops in ours), Counter(ops[position] for ops in theirs), categories
+        )
+        assert pvalue > P_MIN, f"position {position}: p = {pvalue:.2g}"
+
+
+def magnitude(name: str, params: dict) -> float | None:
+    """The part of an op's parameters that M sets (signs and cutout positions are random)."""
+    if name in SIGNED:
+        return abs(params[SIGNED[name]])
+    if name in ENHANCE:
+        return abs(params["factor"] - 1.0)
+    return {"Posterize": params.get("bits"), "Solarize": params.get("threshold"), "Cutout": params.get("size")}.get(
+        name
+    )
+
+
+@pytest.mark.parametrize("m", sorted({entry["m"] for entry in VECTORS["magnitudes"]}))
+def test_magnitudes_are_on_imgaugs_scale(m):
+    """With M on imgaug's 0-30 scale every magnitude equals imgaug's (for m = 7: rotate 7 degrees, factors 1 ± 0.21,
+    posterize to 7 bits, solarize from 197, ...); timm's 0-10 scale or its own mappings give other values."""
+    theirs = [entry["params"] for entry in VECTORS["magnitudes"] if entry["m"] == m]
+    ours = draw(len(OP_NAMES), m, 224, 224, np.random.default_rng(m)).ops
+    for name, params in ours:
+        expected = {magnitude(name, recorded[name]) for recorded in theirs}
+        assert expected == {magnitude(name, params)}, (name, m)
+
+
+def test_signs_are_fair_coins():
+    """imgaug's RandomSign: + and - with probability 0.5 each, for every signed op and enhance factor."""
+    rng = np.random.default_rng(5)
+    positive = Counter()
+    for _ in range(2000):
+        for name, params in draw(len(OP_NAMES), 7, 224, 224, rng).ops:
+            if name in SIGNED:
+                positive[name] += params[SIGNED[name]] > 0
+            elif name in ENHANCE:
+                positive[name] += params["factor"] > 1
+    assert len(positive) == len(SIGNED) + len(ENHANCE)
+    assert all(abs(count / 2000 - 0.5) < 0.04 for count in positive.values()), positive
+
+
+def test_cutout_centres_are_uniform():
+    rng = np.random.default_rng(6)
+    centres = np.array(
+        [
+            [params["center_x"], params["center_y"]]
+            for _ in range(3000)
+            for name, params in draw(len(OP_NAMES), 7, 224, 224, rng).ops
+            if name == "Cutout"
+        ]
+    )
+    histogram = np.histogram2d(centres[:, 0], centres[:, 1], bins=4, range=[[0, 1], [0, 1]])[0]
+    assert np.all(np.abs(histogram / len(centres) - 1 / 16) < 0.02)
+
+
+def test_crops_are_drawn_as_imgaug_draws_them():
+    """Each side loses round(224 * U(0, 7) / 224) pixels of a 224-pixel frame: 0 and 7 half as often as 1-6."""
+    theirs = Counter(side for crop in VECTORS["choices"]["crops"] for side in crop)
+    rng = np.random.default_rng(7)
+    ours = Counter(side for _ in range(8000) for side in draw(4, 7, 224, 224, rng).crop)
+    assert set(ours) == set(theirs) == set(range(8))
+    assert homogeneous(ours, theirs, range(8)) > P_MIN
+
+
+# --- (c) one draw, the same on every frame ------------------------------------------------------------------------
+
+
+def every_op_draws() -> list[RandAugmentDraw]:
+    rng = np.random.default_rng(8)
+    draws = [draw(4, 7, 40, 48, rng) for _ in range(12)]
+    everything = draw(len(OP_NAMES), 7, 40, 48, rng)
+    draws.append(RandAugmentDraw(flip=True, crop=(2, 1, 0, 3), ops=everything.ops))
+    return draws
+
+
+@pytest.mark.parametrize("index", range(13))
+def test_one_draw_is_applied_identically_to_every_frame(index):
+    """Every frame gets the draw imgaug's deterministic copy gives each frame: the clip's output is the frames'
+    outputs side by side, and identical frames stay identical."""
+    selected = every_op_draws()[index]
+    frames = natural_frames(5, 40, 48, seed=index)
+    out = apply(frames, selected)
+    for t, frame in enumerate(frames):
+        np.testing.assert_array_equal(out[t], apply(frame[None], selected)[0], err_msg=f"frame {t}")
+    same = apply(np.repeat(frames[:1], 4, axis=0), selected)
+    assert all(np.array_equal(same[0], frame) for frame in same[1:])
+
+
+def test_rand_augment_keeps_shape_and_dtype_and_leaves_its_input_alone():
+    frames = natural_frames(4, 32, 36, seed=9)
+    before = frames.copy()
+    out = rand_augment(frames, 4, 7, np.random.default_rng(9))
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(frames, before)
+    unchanged = apply(frames, RandAugmentDraw(flip=False, crop=NO_CROP, ops=(("Identity", {}),)))
+    assert not np.shares_memory(unchanged, frames)
+
+
+# --- (d) the flip ---------------------------------------------------------------------------------------------------
+
+
+def test_flip_happens_half_the_time_as_in_imgaug():
+    rng = np.random.default_rng(10)
+    ours = np.mean([draw(4, 7, 224, 224, rng).flip for _ in range(4000)])
+    theirs = np.mean(VECTORS["choices"]["flips"])
+    assert abs(ours - 0.5) < 0.03 and abs(theirs - 0.5) < 0.04, (ours, theirs)
+
+
+def test_flip_mirrors_every_frame():
+    frames = natural_frames(3, 20, 30, seed=11)
+    out = apply(frames, RandAugmentDraw(flip=True, crop=NO_CROP, ops=()))
+    np.testing.assert_array_equal(out, frames[:, :, ::-1])
