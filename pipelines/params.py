@@ -72,8 +72,11 @@ class PipelineParams:
         224, help="Training crop in pixels (the tokenizer grid follows it; tiny: 64).", check=at_least(16)
     )
     codebook_size: int = option(1024, help="Codebook entries when tokenizer=codebook.", check=at_least(2))
-    pretrain_frame_interval: int = option(8, help="Frame stride of the pretraining shards; it must divide the recipe's "
-                                          "frame interval (swin-b: 8, tiny: 1).", check=at_least(1))
+    pretrain_frame_interval: int = option(
+        8,
+        help="Frame stride of the pretraining shards; it must divide the recipe's frame interval (swin-b: 8, tiny: 1).",
+        check=at_least(1),
+    )
     short_side: int = option(320, help="Short side of stored frames.", check=at_least(0))
     image_epochs: float = option(0.0, help="pretrain-image epochs (0: the preset's).", check=at_least(0.0))
     joint_epochs: float = option(0.0, help="pretrain-joint epochs (0: the preset's).", check=at_least(0.0))

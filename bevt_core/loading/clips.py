@@ -146,15 +146,28 @@ def test_views(sample: Sample, spec: ClipSpec) -> torch.Tensor:
     return torch.stack(views)
 
 
-def clip_stream(
-    root: str, spec: ClipSpec, train_mode: bool, micro_batch: int, rank: int, world: int, seed: int
-) -> StepStream:
-    """Labelled clips of a shard directory: training clips (``{'clip', 'label'}`` batches, shuffled) or
-    the test views of each video in order (``{'views', 'label'}``)."""
+def validation_view(sample: Sample, spec: ClipSpec) -> torch.Tensor:
+    """The official single-view validation: the middle clip, short side to 256/224 of the crop, centre crop
+    (``Resize(-1, 256)``, ``CenterCrop(224)``, docs/official-behaviour.md §5.1); (1, 3, T, crop, crop)."""
+    (idx,) = test_indices(sample, ClipSpec(spec.clip_len, spec.frame_interval, spec.sampling, spec.crop))
+    frames = _short_side(_frames(sample, idx), round(spec.crop * 256 / 224))
+    top, left = (frames.shape[1] - spec.crop) // 2, (frames.shape[2] - spec.crop) // 2
+    return normalize(frames[:, top : top + spec.crop, left : left + spec.crop])[None]
+
+
+MODES = ("train", "validation", "test")
+
+
+def clip_stream(root: str, spec: ClipSpec, mode: str, micro_batch: int, rank: int, world: int, seed: int) -> StepStream:
+    """Labelled clips of a shard directory. ``train``: shuffled training clips (``{'clip', 'label'}``);
+    ``validation`` / ``test``: each video's single validation view or its test views (``{'views', 'label'}``), in
+    order, every video read once across the ranks."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     manifest = load_manifest(root)
     if spec.sampling == "interval":
         check_stride(spec.frame_interval, recorded_settings(root)["frame_interval"], root)
-    if train_mode:
+    if mode == "train":
 
         def make(row, sample, _, rng):
             return train_clip(sample, spec, rng), row["label"]
@@ -162,13 +175,23 @@ def clip_stream(
         def collate(items):
             return {"clip": torch.stack([c for c, _ in items]), "label": torch.tensor([y for _, y in items])}
     else:
+        views = validation_view if mode == "validation" else test_views
 
         def make(row, sample, _, rng):
-            return test_views(sample, spec), row["label"]
+            return views(sample, spec), row["label"]
 
         def collate(items):
             return {"views": torch.stack([v for v, _ in items]), "label": torch.tensor([y for _, y in items])}
 
+    training = mode == "train"
     return StepStream(
-        manifest, make, collate, micro_batch=micro_batch, rank=rank, world=world, seed=seed, shuffle=train_mode
+        manifest,
+        make,
+        collate,
+        micro_batch=micro_batch,
+        rank=rank,
+        world=world,
+        seed=seed,
+        shuffle=training,
+        keep_tail=not training,
     )

@@ -7,10 +7,10 @@ implementation of imgaug's semantics, written from a reading of its source (line
 - ``imgaug/augmenters/collections.py`` L181 (M is on a 0-30 scale), L218-L227 (a fixed head, then ``SomeOf``),
   L231-L248 (the head: horizontal flip with p = 0.5, then crop each side by U(0, M)/224 of the size and resize back
   with linear interpolation), L252-L335 (the 18 ops and how M maps to their parameters).
-- ``imgaug/augmenters/meta.py`` L3357-L3400 (``SomeOf`` with ``random_order``: exactly n distinct ops, uniformly
+- ``imgaug/augmenters/meta.py`` L3357-L3411 (``SomeOf`` with ``random_order``: exactly n distinct ops, uniformly
   chosen, in uniformly random order).
-- ``imgaug/augmenters/size.py`` L69-L91, L2058-L2099 (crop amounts: side x fraction, rounded), L4785-L4803 and
-  ``imgaug/imgaug.py`` L1310-L1470 (resize back with ``cv2.INTER_LINEAR``, only when the crop changed the size).
+- ``imgaug/augmenters/size.py`` L69-L91, L2058-L2169 (crop amounts: side x fraction, rounded), L4785-L4807 and
+  ``imgaug/imgaug.py`` L1310-L1572 (resize back with ``cv2.INTER_LINEAR``, only when the crop changed the size).
 - ``imgaug/augmenters/flip.py`` L878-L884 (flip).
 - ``imgaug/augmenters/pillike.py`` L75, L252-L348 (equalize: PIL below 64*64 array elements, else a numpy
   re-implementation whose step leaves out bin 255 rather than the last used bin), L444-L532 (autocontrast with
@@ -18,9 +18,9 @@ implementation of imgaug's semantics, written from a reading of its source (line
   (PIL ``BLUR`` and ``SMOOTH``), L1127-L1318 and L2517-L2545 (affine: a float32 matrix, inverted, handed to PIL's
   nearest-neighbour ``transform``; shear uses tanh of the angle; fill 128 on all channels).
 - ``imgaug/augmenters/arithmetic.py`` L691-L781, L850-L883, L2590-L2700 (cutout: a square of side ``size`` x
-  height at a uniform centre, truncated to pixels, filled with 128), L1043-L1125, L1285-L1310 (invert, and
+  height at a uniform centre, truncated to pixels, filled with 128), L1043-L1186, L1285-L1310 (invert, and
   solarize = invert values >= threshold).
-- ``imgaug/augmenters/color.py`` L3894-L4100 (posterize keeps the top ``bits`` bits).
+- ``imgaug/augmenters/color.py`` L3894-L4136 (posterize keeps the top ``bits`` bits).
 - ``imgaug/augmenters/geometric.py`` L598-L634 (translation in pixels = fraction x width or height).
 
 The random stream is ours (a ``numpy.random.Generator``); the distribution of ops and parameters is imgaug's.
@@ -264,7 +264,7 @@ def _enhance_contrast(clip: np.ndarray, factor: float) -> np.ndarray:
     tables = np.empty((len(clip), 256, 3), np.uint8)
     for t, frame in enumerate(clip):
         # PIL blends with a grey of the frame's mean luma, rounded half up (PIL.ImageEnhance.Contrast).
-        mean = int(ImageStat.Stat(_tall(clip).convert("L")).mean[0] + 0.5)
+        mean = int(ImageStat.Stat(Image.fromarray(frame).convert("L")).mean[0] + 0.5)
         tables[t] = _pil_table(Image.new("RGB", _RAMP.size, (mean,) * 3), factor)
     return _frame_luts(clip, tables)
 

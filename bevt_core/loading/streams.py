@@ -40,21 +40,24 @@ class StepStream(IterableDataset):
         shuffle: bool = True,
         tokens: TokenSet | None = None,
         cycle: bool = False,
+        keep_tail: bool = False,
     ):
-        if len(manifest) < micro_batch * world:
+        if len(manifest) < micro_batch * world and not keep_tail:
             raise ValueError(
                 f"{manifest.root}: {len(manifest)} samples cannot fill one micro-batch of "
                 f"{micro_batch} per rank x {world} ranks"
             )
         self.manifest, self.make, self.collate, self.tokens = manifest, make, collate, tokens
         self.micro_batch, self.rank, self.world = micro_batch, rank, world
-        self.seed, self.shuffle, self.cycle = seed, shuffle, cycle
+        self.seed, self.shuffle, self.cycle, self.keep_tail = seed, shuffle, cycle, keep_tail
         self.epoch, self.start = 0, 0
 
     @property
     def micro_steps(self) -> int:
-        """Micro-batches per epoch (the incomplete last global batch is dropped: ranks must agree)."""
-        return len(self.manifest) // (self.micro_batch * self.world)
+        """Micro-batches per epoch. Training drops the incomplete last global batch (ranks must step together);
+        with ``keep_tail`` (evaluation) every sample is read once, the last batches short or empty."""
+        per_step = self.micro_batch * self.world
+        return -(-len(self.manifest) // per_step) if self.keep_tail else len(self.manifest) // per_step
 
     def set_position(self, epoch: int, micro: int) -> None:
         self.epoch, self.start = epoch, micro
@@ -78,7 +81,9 @@ class StepStream(IterableDataset):
             # The DataLoader takes batch i from worker i % workers: keep that alignment across epochs.
             first = start + (worker - done) % workers
             for micro in range(first, self.micro_steps, workers):
-                yield self.collate(self._read(epoch, self.batch_rows(epoch, micro)))
+                rows = self.batch_rows(epoch, micro)
+                if rows:
+                    yield self.collate(self._read(epoch, rows))
             if not self.cycle:
                 return
             done += self.micro_steps - start

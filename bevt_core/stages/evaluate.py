@@ -76,7 +76,7 @@ def evaluate(cfg: EvaluateConfig, tracker: Tracker) -> EvaluateResult:
     classes = list(meta["classes"])
     model.to(device)
     spec = cfg.clip.spec()
-    data = clip_stream(cfg.data, spec, False, 1, 0, 1, 0)
+    data = clip_stream(cfg.data, spec, "test", 1, 0, 1, 0)
     if data.manifest.classes != classes:
         raise ConfigError("data: its classes.json differs from the classes the model was trained on")
     probs, labels = evaluation.predict(model, loader(data, cfg.workers), device, cfg.max_views or None)

@@ -11,6 +11,7 @@ optimisation with SSv2-style uniform sampling for this temporal task), plus CPU-
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -21,14 +22,15 @@ from bevt_core.config import ConfigError, at_least, between, non_empty, option, 
 from bevt_core.loading.clip_spec import ClipOptions, ClipSpec
 from bevt_core.loading.clips import clip_stream
 from bevt_core.loading.streams import loader
-from bevt_core.models import load_checkpoint
+from bevt_core.models import load_checkpoint, read_state_dict, save_weights
 from bevt_core.recipes import FINETUNE, resolve
 from bevt_core.serving.preprocessing import META_KEY, Preprocessing, first_video
 from bevt_core.stages.training import Session, TrainStageResult, build_from, session
 from bevt_core.tracking.config import TrackingConfig
 from bevt_core.tracking.tracker import resolve_uri
 from bevt_core.train import evaluation
-from bevt_core.train.engine import Task
+from bevt_core.train.distributed import Dist
+from bevt_core.train.engine import Task, TrainResult
 from bevt_core.train.optim import backbone_mult_keys, layer_decay_keys, param_groups, pretrain_keys
 from bevt_core.train.options import ModelOptions, OptimConfig, RunConfig, ScheduleConfig
 
@@ -58,6 +60,14 @@ class FinetuneConfig:
     optim: OptimConfig = option(OptimConfig, help="Optimizer.")
     schedule: ScheduleConfig = option(ScheduleConfig, help="Schedule.")
     clip: ClipOptions = option(ClipOptions, help="Frame sampling and augmentation.")
+    validate_every: int = option(
+        5,
+        help="Validate (one view per video, the official Resize 256 + CenterCrop) on --val "
+        "every N epochs and at the end, keep the best weights (recognizer-best.pt), then "
+        "test the best and the last with the multi-view test views, as the official "
+        "--validate --test-best --test-last. 0: only at the end.",
+        check=at_least(0),
+    )
     register_as: str = option(
         "",
         help="Register the finetuned model in the MLflow model registry under this "
@@ -120,17 +130,35 @@ def classification_loss(cfg: FinetuneConfig, num_classes: int) -> Callable:
     return plain
 
 
-def validate(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.device, classes: list[str]) -> dict[str, float]:
-    """Single-view (one clip, one crop) accuracy on the validation shards."""
-    val = clip_stream(cfg.val, cfg.clip.spec(1, 1), False, 1, 0, 1, cfg.run.seed)
-    probs, labels = evaluation.predict(model, loader(val, cfg.run.workers), device)
-    scores = evaluation.metrics(probs, labels)
-    return {
-        "top1": scores.top1,
-        "top5": scores.top5,
-        "mean_class_accuracy": scores.mean_class_accuracy,
-        "chance": 1 / len(classes),
+SCORES = ("top1", "top5", "mean_class_accuracy")
+
+
+def score(model: torch.nn.Module, root: str, spec: ClipSpec, mode: str, env: Dist, workers: int) -> dict[str, float]:
+    """Accuracy on every video of ``root`` (its validation view or its test views), each rank scoring its share."""
+    videos = clip_stream(root, spec, mode, 1, env.rank, env.world, 0)
+    probs, labels = evaluation.predict(model, loader(videos, workers), env.device)
+    scores = evaluation.Counts.of(probs, labels, len(videos.manifest.classes)).summed().metrics()
+    return {name: getattr(scores, name) for name in SCORES}
+
+
+def weights_of(model: torch.nn.Module, uri: str) -> torch.nn.Module:
+    """A copy of ``model`` holding the weights in ``uri``."""
+    copy = deepcopy(model)
+    copy.load_state_dict(read_state_dict(uri))
+    return copy
+
+
+def test_best_and_last(job: Session, cfg: FinetuneConfig, result: TrainResult, final: torch.nn.Module) -> dict:
+    """The official ``--test-best --test-last``: the multi-view test of the best and the last weights."""
+    views = {"last": final, "best": weights_of(final, result.best_weights) if result.best_weights else final}
+    tests = {
+        name: score(model, cfg.val, cfg.clip.spec(), "test", job.env, cfg.run.workers) for name, model in views.items()
     }
+    job.tracker.metrics(
+        {f"test_{name}_{k}": v for name, scores in tests.items() for k, v in scores.items()}, result.steps
+    )
+    job.tracker.tags({"best_step": str(result.best.get("step", "")), "best_epoch": str(result.best.get("epoch", ""))})
+    return tests
 
 
 def registry_of(cfg: FinetuneConfig) -> str:
@@ -147,7 +175,7 @@ def run(cfg: FinetuneConfig) -> TrainStageResult:
     with session(cfg, "finetune") as job:
         env, settings = job.env, cfg.run
         spec: ClipSpec = cfg.clip.spec()
-        data = clip_stream(cfg.train, spec, True, settings.batch_size, env.rank, env.world, settings.seed)
+        data = clip_stream(cfg.train, spec, "train", settings.batch_size, env.rank, env.world, settings.seed)
         classes = data.manifest.classes
         # How `bevt predict` prepares a video for this model: the training shards' settings and this clip recipe.
         preprocessing = Preprocessing.of_training(cfg.train, spec)
@@ -163,6 +191,9 @@ def run(cfg: FinetuneConfig) -> TrainStageResult:
             data.set_position(epoch, start)
             return iter(loader(data, settings.workers))
 
+        def validate(weights: torch.nn.Module) -> dict[str, float]:
+            return score(weights, cfg.val, spec, "validation", env, settings.workers)
+
         # EMA per micro-step on unchanged weights between updates = one EMA step of momentum^accum.
         ema_decay = (1 - cfg.ema_momentum) ** settings.accum_steps if cfg.ema_momentum else 0.0
         task = Task(
@@ -173,6 +204,8 @@ def run(cfg: FinetuneConfig) -> TrainStageResult:
             batches,
             classification_loss(cfg, len(classes)),
             ema_decay=ema_decay,
+            validate=validate if cfg.val else None,
+            validate_every=cfg.validate_every,
         )
         result = job.train(task)
         final = result.ema_model or model
@@ -186,10 +219,17 @@ def run(cfg: FinetuneConfig) -> TrainStageResult:
             "classes": classes,
             META_KEY: preprocessing.to_meta(),
         }
+        if cfg.val and not result.stopped:
+            last = [h for h in result.history if "val_top1" in h][-1]
+            out.val = {name: last[f"val_{name}"] for name in SCORES} | {"chance": 1 / len(classes)}
+            out.best, out.test = result.best, test_best_and_last(job, cfg, result, final)
         if job.export(result, weights, final.state_dict(), meta):
-            if cfg.val:
-                out.val = validate(cfg, final, env.device, classes)
-                job.tracker.metrics({f"val_{k}": v for k, v in out.val.items()}, result.steps)
+            if result.best_weights:
+                save_weights(
+                    read_state_dict(result.best_weights),
+                    storage.join(settings.work_dir, "recognizer-best.pt"),
+                    meta | {"best": result.best},
+                )
             if registry:
                 from bevt_core.serving.pyfunc import register
 

@@ -56,9 +56,12 @@ class PretrainJointConfig:
     )
     image_batch_size: int | None = option(help="Images per rank per micro-step.", check=at_least(1), preset=True)
     clip_len: int | None = option(help="Frames per clip.", check=at_least(2), preset=True)
-    frame_interval: int | None = option(help="Frames of the video between a clip's frames, counted as the official "
-                                        "SampleFrames counts them (the shards' stride must divide it).",
-                                        check=at_least(1), preset=True)
+    frame_interval: int | None = option(
+        help="Frames of the video between a clip's frames, counted as the official "
+        "SampleFrames counts them (the shards' stride must divide it).",
+        check=at_least(1),
+        preset=True,
+    )
     model: ModelOptions = option(ModelOptions, help="Model.")
     optim: OptimConfig = option(OptimConfig, help="Optimizer.")
     schedule: ScheduleConfig = option(ScheduleConfig, help="Schedule.")

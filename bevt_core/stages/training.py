@@ -35,7 +35,9 @@ class TrainStageResult:
     peak_memory_gb: float
     first: dict[str, float] = field(default_factory=dict)  # mean of the first logged steps
     last: dict[str, float] = field(default_factory=dict)  # mean of the last logged steps
-    val: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)  # the last validation (single view), with chance
+    best: dict = field(default_factory=dict)  # the best validation: step, epoch, scores
+    test: dict[str, dict[str, float]] = field(default_factory=dict)  # multi-view test of the "best" and "last" weights
     resumed_from: str = ""
     run_id: str = ""
     registered: str = ""  # models:/NAME/VERSION when the stage registered its model
@@ -74,6 +76,8 @@ class TrainStageResult:
         ]
         if self.val:
             lines.append(f"  validation:  {values(self.val)}")
+        for name, scores in self.test.items():
+            lines.append(f"  test {name + ':':<6} {values(scores)}")
         lines.append(
             f"  weights {self.weights}; state {self.checkpoint}"
             + (f"; resumed from {self.resumed_from}" if self.resumed_from else "")

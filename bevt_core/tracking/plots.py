@@ -33,6 +33,7 @@ CURVE_PANELS = (
     ("throughput (samples/s)", lambda k: k == "samples_per_s"),
     ("memory (GB: GPU peak, or process RSS on CPU)", lambda k: k == "memory_gb"),
     ("grad norm", lambda k: k == "grad_norm"),
+    ("validation, one view per video", lambda k: k in ("val_top1", "val_top5")),
 )
 
 

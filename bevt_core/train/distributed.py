@@ -17,6 +17,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +69,7 @@ class Watchdog:
     def __init__(self, timeout_s: float, rank: int, what: str = "training step"):
         self.timeout_s, self.rank, self.what = timeout_s, rank, what
         self._last = time.monotonic()
+        self._paused = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="bevt-watchdog", daemon=True)
 
@@ -83,10 +86,20 @@ class Watchdog:
     def beat(self) -> None:
         self._last = time.monotonic()
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No step is expected inside (a validation pass): the clock restarts after it."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+            self.beat()
+
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.timeout_s / 10)):
             idle = time.monotonic() - self._last
-            if idle > self.timeout_s:
+            if idle > self.timeout_s and not self._paused:
                 print(
                     f"bevt: rank {self.rank}: no {self.what} completed for {idle:.0f} s "
                     f"(timeout {self.timeout_s:.0f} s): "
@@ -95,6 +108,13 @@ class Watchdog:
                     flush=True,
                 )
                 os._exit(EXIT_PEER_LOST)
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:

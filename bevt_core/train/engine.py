@@ -71,6 +71,11 @@ class Task:
     loss: Callable[[nn.Module, Any], dict[str, torch.Tensor]]
     find_unused_parameters: bool = False
     ema_decay: float = 0.0  # per optimizer step; 0 = no EMA
+    # Scores of the weights the stage exports (the EMA ones when kept), called on every rank; every
+    # ``validate_every`` epochs and at the end. The best by ``best_by`` are kept beside the checkpoints.
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
+    validate_every: int = 0
+    best_by: str = "top1"
 
 
 @dataclass
@@ -87,6 +92,8 @@ class TrainResult:
     stopped: str = ""  # why the run stopped early (non-finite loss); the checkpoint is the last good one
     resumed_from: str = ""
     ema_model: nn.Module | None = None  # the weight average, when the task keeps one
+    best: dict = field(default_factory=dict)  # the best validation: step, epoch and its scores
+    best_weights: str = ""  # their weights file
 
     def mean(self, key: str, first: bool, n: int = 3) -> float:
         values = [h[key] for h in self.history if key in h]
@@ -151,9 +158,19 @@ class Trainer:
         self.clip = optim.clip_grad if optim.clip_grad else math.inf
         self.peak = peak_flops(run, self.device)
         self.flops_per_micro: float | None = None
-        self.position, history, self.resumed_from = self._resume()
+        self.position, history, best, self.resumed_from = self._resume()
         self.last_saved = self.position.step if self.resumed_from else -1
-        self.result = TrainResult(0, 0, 0, 0.0, self.resumed_from, resumed_from=self.resumed_from, history=history)
+        self.result = TrainResult(
+            0,
+            0,
+            0,
+            0.0,
+            self.resumed_from,
+            resumed_from=self.resumed_from,
+            history=history,
+            best=best,
+            best_weights=self.store.best_path if best else "",
+        )
         self.net = self._wrap(self.model)
         self.window_start, self.window_samples = time.perf_counter(), 0
 
@@ -162,16 +179,16 @@ class Trainer:
         """The EMA weights' module, when the task keeps one."""
         return self.ema.module if self.ema is not None else None
 
-    def _resume(self) -> tuple[Position, list[dict], str]:
+    def _resume(self) -> tuple[Position, list[dict], dict, str]:
         resume = {"auto": self.store.latest(), "never": None}.get(self.run.resume, self.run.resume)
         if not resume:
-            return Position(), [], ""
-        position, history = load_state(resume, self.model, self.optimizer, self.scaler, self.averaged)
+            return Position(), [], {}, ""
+        position, history, best = load_state(resume, self.model, self.optimizer, self.scaler, self.averaged)
         self.say(
             f"resumed from {resume} at step {position.step} (epoch {position.epoch}, "
             f"micro-batch {position.epoch_micro}, {position.samples} samples consumed)"
         )
-        return position, history, resume
+        return position, history, best, resume
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         net = model
@@ -287,12 +304,42 @@ class Trainer:
         epoch_end = self.position.epoch_micro == 0 and every == 0
         return bool(every and self.position.step % every == 0) or epoch_end or self.finished()
 
+    def _validation_due(self) -> bool:
+        if self.task.validate is None:
+            return False
+        every = self.task.validate_every
+        epoch_end = self.position.epoch_micro == 0 and every and self.position.epoch % every == 0
+        return bool(epoch_end) or self.finished()
+
+    def validate(self, watchdog: Watchdog) -> None:
+        """Score the weights to export; keep them when they are the best so far (rank 0 writes, all wait)."""
+        model = self.averaged or self.model
+        with watchdog.paused():
+            scores = self.task.validate(model)
+        self.log_metrics({f"val_{k}": v for k, v in scores.items()}, self.position.step)
+        record = {"step": self.position.step, "epoch": self.position.epoch} | scores
+        self.result.history.append({"step": self.position.step} | {f"val_{k}": v for k, v in scores.items()})
+        if not self.result.best or scores[self.task.best_by] > self.result.best[self.task.best_by]:
+            self.result.best = record
+            if self.env.main:
+                self.store.save_best(model, record)
+            if self.env.world > 1:
+                dist.barrier()
+            self.result.best_weights = self.store.best_path
+
     def save(self) -> None:
         """Rank 0 writes; every rank waits so nobody runs ahead of (or deletes under) the writer."""
         self.result.checkpoint = self.store.path(self.position.step)
         if self.env.main:
             self.store.save(
-                self.model, self.optimizer, self.position, self.scaler, self.averaged, self.config, self.result.history
+                self.model,
+                self.optimizer,
+                self.position,
+                self.scaler,
+                self.averaged,
+                self.config,
+                self.result.history,
+                self.result.best,
             )
         if self.env.world > 1:
             dist.barrier()
@@ -319,6 +366,8 @@ class Trainer:
                     break
                 due = self.position.step % self.run.log_every == 0 or self.finished()
                 progress.update(self.position.step, self._log(logged) if due else None)
+                if self._validation_due():
+                    self.validate(watchdog)
                 if self._checkpoint_due():
                     self.save()
             if not self.result.stopped and self.last_saved != self.position.step:
@@ -329,9 +378,10 @@ class Trainer:
         r = self.result
         r.steps, r.micro_steps, r.samples = self.position.step, self.position.micro, self.position.samples
         r.seconds = seconds
-        rates = [h["samples_per_s"] for h in r.history[1:]] or [h["samples_per_s"] for h in r.history]
+        steps = [h for h in r.history if "samples_per_s" in h]  # not the validations
+        rates = [h["samples_per_s"] for h in steps[1:]] or [h["samples_per_s"] for h in steps]
         r.samples_per_s = sum(rates) / len(rates) if rates else 0.0
-        mfus = [h["mfu"] for h in r.history[1:] if "mfu" in h]
+        mfus = [h["mfu"] for h in steps[1:] if "mfu" in h]
         r.mfu = sum(mfus) / len(mfus) if mfus else None
         r.peak_memory_gb = memory_gb(self.device)
         r.ema_model = self.averaged

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from bevt_core import storage
+from bevt_core.train.distributed import all_reduce_sum
 
 
 @dataclass
@@ -25,24 +26,44 @@ class Metrics:
     confusion: list[list[int]]  # rows: true class, columns: predicted
 
 
+@dataclass
+class Counts:
+    """What metrics are computed from, summable across ranks: the confusion matrix and the top-5 hits."""
+
+    confusion: torch.Tensor  # (classes, classes) int64, rows: true class
+    top5_hits: torch.Tensor  # () int64
+
+    @classmethod
+    def of(cls, probs: torch.Tensor, labels: torch.Tensor, classes: int) -> Counts:
+        if not len(labels):  # a rank whose share of the videos is empty
+            return cls(torch.zeros(classes, classes, dtype=torch.long), torch.zeros((), dtype=torch.long))
+        topk = probs.topk(min(5, classes), dim=1).indices
+        confusion = torch.zeros(classes, classes, dtype=torch.long)
+        confusion.index_put_((labels, topk[:, 0]), torch.ones_like(labels), accumulate=True)
+        return cls(confusion, (topk == labels[:, None]).any(1).sum())
+
+    def summed(self) -> Counts:
+        """Summed over the ranks of the job (each counted its share of the videos)."""
+        flat = all_reduce_sum(torch.cat([self.confusion.flatten(), self.top5_hits.reshape(1)]))
+        return Counts(flat[:-1].reshape(self.confusion.shape), flat[-1])
+
+    def metrics(self) -> Metrics:
+        samples = int(self.confusion.sum())
+        totals = self.confusion.sum(1)
+        per_class = [(self.confusion[c, c] / totals[c]).item() if totals[c] else None for c in range(len(totals))]
+        present = [a for a in per_class if a is not None]
+        return Metrics(
+            samples,
+            self.confusion.diagonal().sum().item() / samples,
+            self.top5_hits.item() / samples,
+            sum(present) / len(present),
+            per_class,
+            self.confusion.tolist(),
+        )
+
+
 def metrics(probs: torch.Tensor, labels: torch.Tensor) -> Metrics:
-    num_classes = probs.shape[1]
-    k = min(5, num_classes)
-    topk = probs.topk(k, dim=1).indices
-    pred = topk[:, 0]
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
-    totals = confusion.sum(1)
-    per_class = [(confusion[c, c] / totals[c]).item() if totals[c] else None for c in range(num_classes)]
-    present = [a for a in per_class if a is not None]
-    return Metrics(
-        len(labels),
-        (pred == labels).float().mean().item(),
-        (topk == labels[:, None]).any(1).float().mean().item(),
-        sum(present) / len(present),
-        per_class,
-        confusion.tolist(),
-    )
+    return Counts.of(probs, labels, probs.shape[1]).metrics()
 
 
 @torch.no_grad()
@@ -57,6 +78,8 @@ def predict(
         probs.append(model.predict_views(batch["views"].to(device), max_views).cpu())
         labels.append(batch["label"])
     model.train(was_training)
+    if not labels:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(probs), torch.cat(labels)
 
 

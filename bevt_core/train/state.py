@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from bevt_core import storage
-from bevt_core.models.checkpoint import save_checkpoint, unwrap_model
+from bevt_core.models.checkpoint import save_checkpoint, save_weights, unwrap_model
 
 INDEX = "latest.json"
 
@@ -108,6 +108,7 @@ class CheckpointStore:
         ema: nn.Module | None,
         config: dict,
         history: Sequence[dict] = (),
+        best: dict | None = None,
     ) -> str:
         name = self.path(position.step).rsplit("/", 1)[-1]
         extra = {
@@ -116,6 +117,7 @@ class CheckpointStore:
             "rng": rng_state(),
             "config": json.dumps(config, default=str),
             "history": json.dumps(list(history)),
+            "best": json.dumps(best or {}),
         }
         if scaler is not None:
             extra["scaler"] = scaler.state_dict()
@@ -129,6 +131,15 @@ class CheckpointStore:
             storage.delete(storage.join(self.dir, old))
         return self.path(position.step)
 
+    @property
+    def best_path(self) -> str:
+        return storage.join(self.dir, "best.pt")
+
+    def save_best(self, model: nn.Module, record: dict) -> str:
+        """The weights of the best validation so far, ``record`` (step, epoch, scores) as their meta."""
+        save_weights(unwrap_model(model).state_dict(), self.best_path, {"best": record})
+        return self.best_path
+
 
 def load_state(
     uri: str,
@@ -136,9 +147,9 @@ def load_state(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     ema: nn.Module | None,
-) -> tuple[Position, list[dict]]:
-    """Restore a state file into the live objects (and the process RNGs); returns the position and
-    the metrics logged up to it."""
+) -> tuple[Position, list[dict], dict]:
+    """Restore a state file into the live objects (and the process RNGs); returns the position, the
+    metrics logged up to it and the best validation so far (empty: none)."""
     payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
     unwrap_model(model).load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -147,4 +158,8 @@ def load_state(
     if ema is not None and "ema" in payload:
         ema.load_state_dict(payload["ema"])
     set_rng_state(payload["rng"])
-    return Position(**payload["position"]), json.loads(payload.get("history", "[]"))
+    return (
+        Position(**payload["position"]),
+        json.loads(payload.get("history", "[]")),
+        json.loads(payload.get("best", "{}")),
+    )

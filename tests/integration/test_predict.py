@@ -57,7 +57,7 @@ def test_predict_reproduces_evaluation_on_held_out_clips(scene_model, predictor,
     for video, label in scene_model.videos:
         probs[video] = predictor.probabilities(str(video))
         confusion[label][int(probs[video].argmax())] += 1
-    shards = clip_stream(str(scene_model.val), predictor.preprocessing.clip, False, 1, 0, 1, 0)
+    shards = clip_stream(str(scene_model.val), predictor.preprocessing.clip, "test", 1, 0, 1, 0)
     from_shards, _ = evaluation.predict(predictor.model, loader(shards, 0), predictor.device)
     torch.testing.assert_close(torch.stack(list(probs.values())), from_shards, rtol=0, atol=1e-6)
     evaluated = json.loads(scene_model.metrics.read_text())

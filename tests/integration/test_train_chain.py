@@ -133,6 +133,11 @@ def test_tiny_chain(data, tmp_path):
         metrics = json.loads((tmp_path / f"{name}_eval" / "metrics.json").read_text())
         assert (tmp_path / f"{name}_eval" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
         assert sum(map(sum, metrics["confusion"])) == ev.samples and metrics["top1"] == ev.top1
+        # Validated during training, the best weights kept, best and last tested on the multi-view views; the
+        # last weights' test is exactly what evaluate computes.
+        assert set(ft.test) == {"best", "last"} and ft.best["top1"] >= ft.val["top1"], ft.summary()
+        assert (tmp_path / name / "recognizer-best.pt").exists()
+        assert ft.test["last"]["top1"] == ev.top1, (ft.test, ev.top1)
         accuracy[name] = (ft.val["top1"], ev.top1, ev.chance)
         print(name, ft.summary(), ev.summary(), sep="\n")
     print("accuracy (finetune 1-view, evaluate multi-view, chance):", accuracy)

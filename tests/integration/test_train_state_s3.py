@@ -34,7 +34,7 @@ def test_checkpoints_on_s3_keep_last_and_restore(s3):
     fresh = nn.Linear(4, 2)
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
     torch.manual_seed(99)
-    position, _ = load_state(store.latest(), fresh, fresh_opt, None, None)
+    position, _, _ = load_state(store.latest(), fresh, fresh_opt, None, None)
     assert position == Position(step=3, micro=3, epoch=0, epoch_micro=3, samples=9)
     for a, b in zip(expected, fresh.parameters()):
         assert torch.equal(a, b)

@@ -32,10 +32,20 @@ SIGNED = {
     "TranslateX": "fraction",
     "TranslateY": "fraction",
 }
-ENHANCE = ("EnhanceColor", "EnhanceContrast", "EnhanceBrightness", "EnhanceSharpness")
+ENHANCERS = {
+    "EnhanceColor": ImageEnhance.Color,
+    "EnhanceContrast": ImageEnhance.Contrast,
+    "EnhanceBrightness": ImageEnhance.Brightness,
+    "EnhanceSharpness": ImageEnhance.Sharpness,
+}
 # Below this p-value two samples are taken to come from different distributions; the draws are seeded, so each
 # test gives the same answer on every run.
 P_MIN = 1e-3
+
+
+def recorded_ops() -> list[list[int]]:
+    """imgaug's recorded draws as op indices (the file writes op i as the i-th letter of the alphabet)."""
+    return [[ord(letter) - ord("a") for letter in ops] for ops in VECTORS["choices"]["ops"]]
 
 
 def decode(entry: dict) -> np.ndarray:
@@ -90,28 +100,29 @@ def natural_frames(count: int, height: int, width: int, seed: int) -> np.ndarray
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
-PIL_OPS = {
-    "FilterBlur": lambda image: image.filter(ImageFilter.BLUR),
-    "FilterSmooth": lambda image: image.filter(ImageFilter.SMOOTH),
-    "EnhanceSharpness": lambda image: ImageEnhance.Sharpness(image).enhance(1.21),
-    "EnhanceContrast": lambda image: ImageEnhance.Contrast(image).enhance(0.79),
-    "EnhanceBrightness": lambda image: ImageEnhance.Brightness(image).enhance(1.21),
-    "EnhanceColor": lambda image: ImageEnhance.Color(image).enhance(0.79),
-}
-PIL_OP_PARAMS = {"EnhanceSharpness": 1.21, "EnhanceContrast": 0.79, "EnhanceBrightness": 1.21, "EnhanceColor": 0.79}
+FILTERS = {"FilterBlur": ImageFilter.BLUR, "FilterSmooth": ImageFilter.SMOOTH}
 
 
-@pytest.mark.parametrize("name", sorted(PIL_OPS))
-def test_ops_imgaug_leaves_to_pil_equal_pil_on_larger_frames(name):
-    """imgaug's filter and enhance ops are PIL calls (imgaug pillike.py L535-L824); ours are not always, so they are
-    also compared with PIL at sizes the vectors do not cover, including 224 x 224."""
-    params = {"factor": PIL_OP_PARAMS[name]} if name in PIL_OP_PARAMS else {}
+def pil_reference(name: str, params: dict, frame: np.ndarray) -> np.ndarray:
+    """What imgaug's op computes: a PIL filter or PIL.ImageEnhance (imgaug pillike.py L535-L824)."""
+    image = Image.fromarray(frame)
+    if name in FILTERS:
+        return np.asarray(image.filter(FILTERS[name]))
+    return np.asarray(ENHANCERS[name](image).enhance(params["factor"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [(name, {}) for name in FILTERS] + [(name, {"factor": f}) for name in ENHANCERS for f in (0.79, 1.21)],
+)
+def test_ops_imgaug_leaves_to_pil_equal_pil_on_larger_frames(name, params):
+    """Ours do not all call PIL, so they are also compared with PIL at sizes the vectors do not cover."""
     for height, width in ((224, 224), (57, 31), (5, 5), (4, 9)):
         frames = natural_frames(3, height, width, seed=height * width)
         frames[0, :2] = 255
         frames[0, -2:] = 0
         out = apply(frames, RandAugmentDraw(flip=False, crop=NO_CROP, ops=((name, params),)))
-        expected = np.stack([np.asarray(PIL_OPS[name](Image.fromarray(frame))) for frame in frames])
+        expected = np.stack([pil_reference(name, params, frame) for frame in frames])
         np.testing.assert_array_equal(out, expected, err_msg=f"{name} on {height}x{width}")
 
 
@@ -128,7 +139,7 @@ def test_draw_applies_exactly_n_distinct_ops(n):
 
 
 def test_imgaug_vectors_draw_four_distinct_ops():
-    assert all(len(ops) == len(set(ops)) == VECTORS["n"] for ops in VECTORS["choices"]["ops"])
+    assert all(len(ops) == len(set(ops)) == VECTORS["n"] for ops in recorded_ops())
 
 
 def our_choices(count: int, seed: int) -> list[list[int]]:
@@ -144,7 +155,7 @@ def homogeneous(ours: Counter, theirs: Counter, categories) -> float:
 
 def test_ops_are_chosen_with_imgaugs_frequencies():
     """Which ops, and which op in which position: uniform over 18 ops without replacement, in random order."""
-    ours, theirs = our_choices(8000, seed=1), VECTORS["choices"]["ops"]
+    ours, theirs = our_choices(8000, seed=1), recorded_ops()
     categories = range(len(OP_NAMES))
     pvalue = homogeneous(Counter(i for ops in ours for i in ops), Counter(i for ops in theirs for i in ops), categories)
     assert pvalue > P_MIN, f"all positions: p = {pvalue:.2g}"
@@ -155,15 +166,16 @@ def test_ops_are_chosen_with_imgaugs_frequencies():
         assert pvalue > P_MIN, f"position {position}: p = {pvalue:.2g}"
 
 
+MAGNITUDE_KEYS = {"Posterize": "bits", "Solarize": "threshold", "Cutout": "size"}
+
+
 def magnitude(name: str, params: dict) -> float | None:
     """The part of an op's parameters that M sets (signs and cutout positions are random)."""
     if name in SIGNED:
         return abs(params[SIGNED[name]])
-    if name in ENHANCE:
+    if name in ENHANCERS:
         return abs(params["factor"] - 1.0)
-    return {"Posterize": params.get("bits"), "Solarize": params.get("threshold"), "Cutout": params.get("size")}.get(
-        name
-    )
+    return params[MAGNITUDE_KEYS[name]] if name in MAGNITUDE_KEYS else None
 
 
 @pytest.mark.parametrize("m", sorted({entry["m"] for entry in VECTORS["magnitudes"]}))
@@ -185,9 +197,9 @@ def test_signs_are_fair_coins():
         for name, params in draw(len(OP_NAMES), 7, 224, 224, rng).ops:
             if name in SIGNED:
                 positive[name] += params[SIGNED[name]] > 0
-            elif name in ENHANCE:
+            elif name in ENHANCERS:
                 positive[name] += params["factor"] > 1
-    assert len(positive) == len(SIGNED) + len(ENHANCE)
+    assert len(positive) == len(SIGNED) + len(ENHANCERS)
     assert all(abs(count / 2000 - 0.5) < 0.04 for count in positive.values()), positive
 
 
@@ -207,7 +219,7 @@ def test_cutout_centres_are_uniform():
 
 def test_crops_are_drawn_as_imgaug_draws_them():
     """Each side loses round(224 * U(0, 7) / 224) pixels of a 224-pixel frame: 0 and 7 half as often as 1-6."""
-    theirs = Counter(side for crop in VECTORS["choices"]["crops"] for side in crop)
+    theirs = Counter(int(side) for crop in VECTORS["choices"]["crops"] for side in crop)
     rng = np.random.default_rng(7)
     ours = Counter(side for _ in range(8000) for side in draw(4, 7, 224, 224, rng).crop)
     assert set(ours) == set(theirs) == set(range(8))
@@ -218,19 +230,18 @@ def test_crops_are_drawn_as_imgaug_draws_them():
 
 
 def every_op_draws() -> list[RandAugmentDraw]:
+    """A dozen RandAugment(4, 7) draws, and one with flip, crop and all 18 ops."""
     rng = np.random.default_rng(8)
     draws = [draw(4, 7, 40, 48, rng) for _ in range(12)]
     everything = draw(len(OP_NAMES), 7, 40, 48, rng)
-    draws.append(RandAugmentDraw(flip=True, crop=(2, 1, 0, 3), ops=everything.ops))
-    return draws
+    return draws + [RandAugmentDraw(flip=True, crop=(2, 1, 0, 3), ops=everything.ops)]
 
 
-@pytest.mark.parametrize("index", range(13))
-def test_one_draw_is_applied_identically_to_every_frame(index):
+@pytest.mark.parametrize("selected", every_op_draws(), ids=lambda d: "+".join(name for name, _ in d.ops))
+def test_one_draw_is_applied_identically_to_every_frame(selected):
     """Every frame gets the draw imgaug's deterministic copy gives each frame: the clip's output is the frames'
     outputs side by side, and identical frames stay identical."""
-    selected = every_op_draws()[index]
-    frames = natural_frames(5, 40, 48, seed=index)
+    frames = natural_frames(5, 40, 48, seed=12)
     out = apply(frames, selected)
     for t, frame in enumerate(frames):
         np.testing.assert_array_equal(out[t], apply(frame[None], selected)[0], err_msg=f"frame {t}")
@@ -248,13 +259,19 @@ def test_rand_augment_keeps_shape_and_dtype_and_leaves_its_input_alone():
     assert not np.shares_memory(unchanged, frames)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_rand_augment_draws_once_per_clip(seed):
+    out = rand_augment(np.repeat(natural_frames(1, 32, 36, seed=seed), 4, axis=0), 4, 7, np.random.default_rng(seed))
+    assert all(np.array_equal(out[0], frame) for frame in out[1:])
+
+
 # --- (d) the flip ---------------------------------------------------------------------------------------------------
 
 
 def test_flip_happens_half_the_time_as_in_imgaug():
     rng = np.random.default_rng(10)
     ours = np.mean([draw(4, 7, 224, 224, rng).flip for _ in range(4000)])
-    theirs = np.mean(VECTORS["choices"]["flips"])
+    theirs = np.mean([flip == "1" for flip in VECTORS["choices"]["flips"]])
     assert abs(ours - 0.5) < 0.03 and abs(theirs - 0.5) < 0.04, (ours, theirs)
 
 

@@ -31,3 +31,29 @@ def test_predict_views_averages_softmax_and_chunking_is_invisible():
         assert probs.shape == (2, 10)
         torch.testing.assert_close(probs, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+
+
+def test_validation_view_is_the_official_resize_and_centre_crop():
+    """One clip, short side to 256/224 of the crop, then the centre crop (Resize(-1, 256), CenterCrop(224))."""
+    import cv2
+    import numpy as np
+
+    from bevt_core.data.decode import decode_jpeg, encode_jpeg
+    from bevt_core.data.shard_format import Sample
+    from bevt_core.loading.clip_spec import ClipSpec
+    from bevt_core.loading.clips import validation_view
+    from bevt_core.loading.targets import normalize
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (16, 48, 80, 3), dtype=np.uint8)
+    jpegs = [encode_jpeg(f, 95) for f in frames]
+    sample = Sample("k", 0, {"frame_indices": list(range(16)), "num_frames": 16}, jpegs)
+    view = validation_view(sample, ClipSpec(clip_len=4, frame_interval=2, sampling="interval", crop=32))
+    # The middle clip of 16 frames for a span of 8: starts at int((16 - 8 + 1) / 2) = 4.
+    chosen = np.stack([decode_jpeg(jpegs[i]) for i in (4, 6, 8, 10)])
+    side = round(32 * 256 / 224)  # 37
+    resized = np.stack([cv2.resize(f, (round(80 * side / 48), side), interpolation=cv2.INTER_LINEAR) for f in chosen])
+    top, left = (resized.shape[1] - 32) // 2, (resized.shape[2] - 32) // 2
+    expected = normalize(resized[:, top : top + 32, left : left + 32])[None]
+    assert view.shape == (1, 3, 4, 32, 32)
+    torch.testing.assert_close(view, expected)

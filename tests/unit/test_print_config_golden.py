@@ -22,6 +22,7 @@ UNCHANGED = ("predict", "samples", "demo", "study", "pipeline")  # their fields 
 ADDED = {
     "pretrain-joint--swin-b": {("frame_interval",): 8, ("init_lm_head",): False},
     "pretrain-joint--tiny": {("frame_interval",): 1, ("init_lm_head",): False},
+    "finetune--": {("validate_every",): 5},
 }
 
 CASES = {

@@ -24,6 +24,7 @@ def test_clip_window_follows_sample_frames():
 
 def test_raw_frames_are_read_from_the_stored_ones():
     """A shard at stride 2 holds frames 0, 2, 4...: raw frame 7 is read from the stored frame of raw 6."""
+
     def sample(kept: list[int], raw: int) -> Sample:
         return Sample("k", 0, {"frame_indices": kept, "num_frames": raw}, [b""] * len(kept))
 

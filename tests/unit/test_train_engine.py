@@ -116,3 +116,30 @@ def test_no_watchdog_thread_outlives_training(tmp_path):
     for run in range(5):
         fit(make_task(4), tmp_path / str(run), epochs=1)
         assert not [t for t in threading.enumerate() if t.name == "bevt-watchdog"]
+
+
+def test_validation_every_n_epochs_keeps_the_best_weights(tmp_path):
+    """Validation at every 2nd epoch end and at the end; the best weights are written beside the checkpoints
+    and their record survives a resume."""
+    from bevt_core.models import read_state_dict
+
+    task = make_task(4)
+    seen, scores = [], iter([0.5, 0.9, 0.7, 0.2])  # the 2nd validation is the best
+
+    def validate(model):
+        seen.append([p.detach().clone() for p in model.parameters()])
+        return {"top1": next(scores)}
+
+    task.validate, task.validate_every = validate, 2
+    result = fit(task, tmp_path, epochs=5)  # 8 steps per epoch: validations after epochs 2 and 4, and the end
+    validations = [h for h in result.history if "val_top1" in h]
+    assert [h["step"] for h in validations] == [16, 32, 40] and [h["val_top1"] for h in validations] == [0.5, 0.9, 0.7]
+    assert result.best["step"] == 32 and result.best["top1"] == 0.9 and result.best_weights.endswith("best.pt")
+    best = read_state_dict(result.best_weights)
+    for kept, expected in zip(best.values(), seen[1], strict=True):
+        torch.testing.assert_close(kept, expected, rtol=0, atol=0)
+    # A finished run resumed trains and validates nothing, and still knows its best.
+    resumed = make_task(4)
+    resumed.validate, resumed.validate_every = validate, 2
+    again = fit(resumed, tmp_path, epochs=5)
+    assert again.best == result.best and len(seen) == 3

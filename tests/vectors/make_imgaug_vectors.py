@@ -22,14 +22,18 @@ that runs). Images are stored as base64 of their raw uint8 bytes, with their sha
   (imgaug/augmenters/collections.py L293-L335): the parameters imgaug used and its output.
 - ``head``: the flip and the crop + resize back on their own (L231-L248).
 - ``seeds``: ``RandAugment(n=4, m=7, seed=s).to_deterministic()`` on ``medium``, as the official pipeline runs it
-  per frame: flip, crop, the ops in order with their sampled parameters, and the output.
+  per frame, for seeds that together use all 18 ops: flip, crop, the ops in order with their sampled parameters,
+  and the output.
 - ``magnitudes``: the parameters of all 18 ops (``n=18``) for several m, a few draws each.
-- ``choices``: 2000 draws of ``RandAugment(n=4, m=7)`` on a 224x224 frame: op indices in order, flip, crop.
+- ``choices``: 2000 draws of ``RandAugment(n=4, m=7)`` on a 224x224 frame: the ops in order as letters (``a`` is
+  ``op_names[0]``, ``b`` the next, ...), the flips as a string of 0 and 1, the crops as 4 digits (top, right,
+  bottom, left).
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from pathlib import Path
 
@@ -64,9 +68,11 @@ OP_NAMES = (
     "FilterSmooth",
 )
 N, M = 4, 7
-SEEDS = tuple(range(8))
 MAGNITUDES = (0, 3, 5, 7, 9, 15, 30)
 CHOICE_DRAWS = 2000
+GLOBAL_SEED = 20240601
+# In ``choices``, op i of OP_NAMES is the letter OP_LETTERS[i].
+OP_LETTERS = "abcdefghijklmnopqr"
 
 
 class Recorder:
@@ -230,7 +236,8 @@ def fixed_op_augmenters():
     yield "FilterSmooth", pillike.FilterSmooth()
 
 
-MEDIUM_TOO = {"Autocontrast", "Equalize", "FilterBlur"}
+# On the medium image too: equalize takes imgaug's numpy path there, blur has more than its border.
+MEDIUM_TOO = {"Equalize", "FilterBlur"}
 
 
 def single_ops(images: dict[str, np.ndarray]) -> list[dict]:
@@ -285,8 +292,9 @@ def check_op_order(augmenter) -> None:
 
 
 def seeds(image: np.ndarray) -> list[dict]:
-    entries = []
-    for seed in SEEDS:
+    """Whole draws for seeds 0, 1, ..., keeping each seed that brings an op not seen yet, until all 18 are seen."""
+    entries, seen = [], set()
+    for seed in itertools.count():
         deterministic = iaa.RandAugment(n=N, m=M, seed=seed).to_deterministic()
         check_op_order(deterministic)
         out = run(deterministic, image)
@@ -294,8 +302,13 @@ def seeds(image: np.ndarray) -> list[dict]:
         assert len(entry["ops"]) == N, entry
         # The official pipeline calls the deterministic copy once per frame: every call must give the same draw.
         assert np.array_equal(run(deterministic, image), out)
-        entries.append({**entry, "image": "medium", "output": encode(out)})
-    return entries
+        names = {name for name, _ in entry["ops"]}
+        if names - seen:
+            seen |= names
+            entries.append({**entry, "image": "medium", "output": encode(out)})
+        if len(seen) == len(OP_NAMES):
+            return entries
+    raise AssertionError("unreachable")
 
 
 def magnitudes(image: np.ndarray) -> list[dict]:
@@ -311,19 +324,23 @@ def magnitudes(image: np.ndarray) -> list[dict]:
 
 
 def choices() -> dict:
+    """Draws written compactly to keep the file small: one string per draw, a character per op or side."""
     augmenter = iaa.RandAugment(n=N, m=M, seed=2024)
     frame = make_image(224, 224, seed=3)
     index = {id(child): i for i, child in enumerate(augmenter[1])}
     ops, flips, crops = [], [], []
     for _ in range(CHOICE_DRAWS):
         run(augmenter, frame)
-        ops.append([index[id(a)] for a in REC.ran if id(a) in index])
-        flips.append(int(REC.flipped))
-        crops.append(list(REC.crop))
-    return {"frame_shape": [224, 224, 3], "ops": ops, "flips": flips, "crops": crops}
+        ops.append("".join(OP_LETTERS[index[id(a)]] for a in REC.ran if id(a) in index))
+        flips.append(str(int(REC.flipped)))
+        crops.append("".join(str(side) for side in REC.crop))
+    return {"frame_shape": [224, 224, 3], "ops": ops, "flips": "".join(flips), "crops": crops}
 
 
 def main() -> None:
+    # RandAugment(seed=...) seeds the augmenters it lists (collections.py L214-L216), not the Crop inside
+    # KeepSizeByResize, which draws from imgaug's global RNG: seed that too, so that reruns write the same file.
+    imgaug.random.seed(GLOBAL_SEED)
     install_recorders()
     images = {"small": make_image(24, 24, seed=1), "medium": make_image(48, 48, seed=2)}
     medium_equalized = run(pillike.Equalize(), images["medium"])
