@@ -3,9 +3,18 @@ and the resolved values the loader reads (:class:`ClipSpec`). Free of torch, so 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from bevt_core.config import at_least, between, option
+
+IMGAUG_SPEC = re.compile(r"^imgaug-n(?P<n>\d+)-m(?P<m>\d+)$")
+
+
+def rand_augment_problem(spec: str) -> str | None:
+    if spec == "off" or IMGAUG_SPEC.match(spec) or spec.startswith("rand-"):
+        return None
+    return "must be 'off', 'imgaug-nN-mM' (imgaug's RandAugment) or a timm spec starting with 'rand-'"
 
 
 @dataclass(frozen=True)
@@ -15,7 +24,7 @@ class ClipSpec:
     sampling: str  # "interval" | "uniform"
     crop: int
     flip: float = 0.5
-    rand_augment: str = ""  # timm spec, e.g. "rand-m7-n4"; "" = off
+    rand_augment: str = ""  # "imgaug-n4-m7" (imgaug's), a timm spec such as "rand-m7-n4", or "" (off)
     erase: float = 0.0  # RandomErasing probability
     test_clips: int = 1
     test_crops: int = 1
@@ -38,7 +47,10 @@ class ClipOptions:
     crop: int | None = option(help="Crop size in pixels.", check=at_least(16), preset=True)
     flip: float | None = option(help="Horizontal flip probability.", check=between(0.0, 1.0), preset=True)
     rand_augment: str | None = option(
-        help="timm RandAugment spec ('rand-m7-n4' is the SSv2 recipe's n=4, m=7); 'off' disables.", preset=True
+        help="RandAugment: 'imgaug-n4-m7' is imgaug 0.4.0's RandAugment(n=4, m=7), the official SSv2 one "
+        "(bevt_core.loading.imgaug_augment); a timm spec such as 'rand-m7-n4' is timm's; 'off' disables.",
+        check=rand_augment_problem,
+        preset=True,
     )
     erase: float | None = option(help="RandomErasing probability.", check=between(0.0, 1.0), preset=True)
     test_clips: int | None = option(help="Clips per video at test time.", check=at_least(1), preset=True)

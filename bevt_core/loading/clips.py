@@ -22,7 +22,8 @@ from bevt_core.data.decode import decode_jpeg
 from bevt_core.data.jobs import recorded_settings
 from bevt_core.data.manifest import load_manifest
 from bevt_core.data.shard_format import Sample
-from bevt_core.loading.clip_spec import ClipSpec
+from bevt_core.loading import imgaug_augment
+from bevt_core.loading.clip_spec import IMGAUG_SPEC, ClipSpec
 from bevt_core.loading.frames import (
     StoredFrames,
     check_stride,
@@ -77,6 +78,14 @@ def _resized_crop_box(h: int, w: int, rng: np.random.Generator) -> tuple[int, in
 
 
 def _rand_augment(frames: np.ndarray, spec: str, rng: np.random.Generator) -> np.ndarray:
+    """imgaug's RandAugment (``imgaug-nN-mM``, the official SSv2 one) or timm's, one draw for all frames."""
+    imgaug = IMGAUG_SPEC.match(spec)
+    if imgaug:
+        return imgaug_augment.rand_augment(frames, int(imgaug["n"]), int(imgaug["m"]), rng)
+    return _timm_rand_augment(frames, spec, rng)
+
+
+def _timm_rand_augment(frames: np.ndarray, spec: str, rng: np.random.Generator) -> np.ndarray:
     """timm RandAugment with one random draw replayed on every frame (it uses ``random``/``np.random``)."""
     from PIL import Image
     from timm.data.auto_augment import rand_augment_transform

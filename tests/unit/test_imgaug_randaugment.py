@@ -279,3 +279,29 @@ def test_flip_mirrors_every_frame():
     frames = natural_frames(3, 20, 30, seed=11)
     out = apply(frames, RandAugmentDraw(flip=True, crop=NO_CROP, ops=()))
     np.testing.assert_array_equal(out, frames[:, :, ::-1])
+
+
+def test_the_ssv2_recipe_trains_with_imgaugs_randaugment(monkeypatch):
+    """The SSv2 recipe's training clips go through this module's RandAugment(n=4, m=7), once per clip, on the
+    cropped frames; timm's stays available by its own spec."""
+    from bevt_core.data.decode import encode_jpeg
+    from bevt_core.data.shard_format import Sample
+    from bevt_core.loading import imgaug_augment
+    from bevt_core.loading.clip_spec import rand_augment_problem
+    from bevt_core.loading.clips import train_clip
+    from bevt_core.recipes import FINETUNE
+
+    assert rand_augment_problem("imgaug-n4-m7") is None and rand_augment_problem("rand-m7-n4") is None
+    assert rand_augment_problem("randaugment") is not None
+    calls = []
+
+    def recorded(frames, n, m, rng):
+        calls.append((frames.shape, n, m))
+        return rand_augment(frames, n, m, rng)
+
+    monkeypatch.setattr(imgaug_augment, "rand_augment", recorded)
+    frames = natural_frames(40, 40, 48, seed=3)
+    sample = Sample("k", 0, {"frame_indices": list(range(40)), "num_frames": 40}, [encode_jpeg(f, 95) for f in frames])
+    spec = FINETUNE["ssv2-swin-b"].clip.spec()
+    clip = train_clip(sample, spec, np.random.default_rng(0))
+    assert clip.shape == (3, 32, 224, 224) and calls == [((32, 224, 224, 3), 4, 7)]

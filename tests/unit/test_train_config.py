@@ -48,7 +48,7 @@ def test_finetune_k400_and_ssv2_recipes(capsys):
     assert ssv2["optim"]["groups"] == "backbone_mult" and ssv2["optim"]["backbone_lr_mult"] == 0.1
     assert ssv2["label_smoothing"] == 0.1 and ssv2["ema_momentum"] == 2e-4
     assert ssv2["clip"]["sampling"] == "uniform" and ssv2["clip"]["erase"] == 0.25
-    assert ssv2["clip"]["rand_augment"] == "rand-m7-n4" and ssv2["run"]["accum_steps"] == 8
+    assert ssv2["clip"]["rand_augment"] == "imgaug-n4-m7" and ssv2["run"]["accum_steps"] == 8
 
 
 def test_options_override_the_preset(capsys):
