@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from bevt_core import config, storage
 from bevt_core.stages import STAGES, Command
+from bevt_core.train.options import RunConfig, batching
 
 # Beside the stages: what composes them (the sample data, the study, the pipeline and its demo).
 COMMANDS = (
@@ -72,6 +74,19 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, ClientError)
 
 
+def batching_note(cfg: object) -> str:
+    """For a training config, how its global batch splits on this job's ranks (``WORLD_SIZE``, else 1), as a
+    YAML comment: the accumulation is resolved when the job starts, from the world size it has."""
+    run = getattr(cfg, "run", None)
+    if not isinstance(run, RunConfig):
+        return ""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        return f"# batching on {world} rank(s): {batching(run, world).describe()}\n"
+    except config.ConfigError as e:
+        return f"# batching on {world} rank(s): {e}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name = next((a for a in argv if not a.startswith("-")), None)
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         parser.exit(2, f"bevt {cmd.name}: error: {e}\n")
     if args.print_config:
-        sys.stdout.write(config.to_yaml(cfg))
+        sys.stdout.write(config.to_yaml(cfg) + batching_note(cfg))
         return 0
     try:
         result = run(cfg)

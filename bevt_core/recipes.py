@@ -29,7 +29,7 @@ class Recipe:
     model: ModelOptions
     optim: OptimConfig
     schedule: ScheduleConfig
-    run: RunConfig  # the preset part only: batch_size, accum_steps, precision
+    run: RunConfig  # the preset part only: batch_size, global_batch, precision
     clip: ClipOptions | None = None  # finetune and evaluate
     label_smoothing: float | None = None  # finetune
     mixup: float | None = None  # finetune
@@ -39,8 +39,8 @@ class Recipe:
     frame_interval: int | None = None  # pretrain-joint, in frames of the video
 
 
-def _run(batch_size: int, accum_steps: int, precision: str) -> RunConfig:
-    return RunConfig(batch_size=batch_size, accum_steps=accum_steps, precision=precision)
+def _run(batch_size: int, global_batch: int, precision: str) -> RunConfig:
+    return RunConfig(batch_size=batch_size, global_batch=global_batch, precision=precision)
 
 
 PRETRAIN_OPTIM = OptimConfig(lr=5e-4, weight_decay=0.05, groups="pretrain", clip_grad=3.0)
@@ -51,24 +51,26 @@ PRETRAIN_IMAGE: dict[str, Recipe] = {
         ModelOptions("bevt-swin-b"),
         PRETRAIN_OPTIM,
         ScheduleConfig(epochs=800, warmup_epochs=10, cosine_by_epoch=False),
-        _run(64, 1, "bf16"),
+        _run(64, 2048, "bf16"),
     ),
     "tiny": Recipe(
         TINY_PRETRAIN_MODEL,
         dataclasses.replace(PRETRAIN_OPTIM, lr=2e-3),
         ScheduleConfig(epochs=8, warmup_epochs=1, cosine_by_epoch=False),
-        _run(16, 1, "fp32"),
+        _run(16, 16, "fp32"),
     ),
 }
 
+# Global batches are the official runs' (the accumulation follows from the job's world size):
 # swin_base_patch244_window877_bevt_in1k_k400.py: 4 clips + 32 images per GPU per micro-step, 2 micro-steps
-# per update; on 32 GPUs, 256 clips + 2048 images per optimizer step.
+# per update on 32 GPUs, so 256 clips + 2048 images per optimizer step; the image stage is given the joint
+# stage's 2048 images. The finetunes: 64 clips per step on 8 GPUs (K400 2 x 4, SSv2 1 x 8).
 PRETRAIN_JOINT: dict[str, Recipe] = {
     "swin-b": Recipe(
         ModelOptions("bevt-swin-b"),
         PRETRAIN_OPTIM,
         ScheduleConfig(epochs=150, warmup_epochs=10, cosine_by_epoch=False),
-        _run(4, 2, "bf16"),
+        _run(4, 256, "bf16"),
         image_batch_size=32,
         clip_len=16,
         frame_interval=8,
@@ -77,7 +79,7 @@ PRETRAIN_JOINT: dict[str, Recipe] = {
         TINY_PRETRAIN_MODEL,
         dataclasses.replace(PRETRAIN_OPTIM, lr=1e-3),
         ScheduleConfig(epochs=6, warmup_epochs=1, cosine_by_epoch=False),
-        _run(4, 1, "fp32"),
+        _run(4, 8, "fp32"),
         image_batch_size=8,
         clip_len=8,
         frame_interval=1,
@@ -116,17 +118,17 @@ NO_REGULARISATION = dict(label_smoothing=0.0, mixup=0.0, ema_momentum=0.0)
 # its init while the head learns, as in the K400 recipe.
 TINY_RECOGNIZER = ModelOptions("recognizer-tiny", drop_path_rate=0.0)
 TINY_SCHEDULE = ScheduleConfig(epochs=12, warmup_epochs=1, cosine_by_epoch=False)
-TINY_RUN = _run(8, 1, "fp32")
+TINY_RUN = _run(4, 8, "fp32")
 
 FINETUNE: dict[str, Recipe] = {
     "k400-swin-b": Recipe(
-        ModelOptions("k400-swin-b"), K400_OPTIM, FINETUNE_SCHEDULE, _run(2, 4, "bf16"), K400_CLIP, **NO_REGULARISATION
+        ModelOptions("k400-swin-b"), K400_OPTIM, FINETUNE_SCHEDULE, _run(2, 64, "bf16"), K400_CLIP, **NO_REGULARISATION
     ),
     "ssv2-swin-b": Recipe(
         ModelOptions("ssv2-swin-b"),
         SSV2_OPTIM,
         FINETUNE_SCHEDULE,
-        _run(1, 8, "bf16"),
+        _run(1, 64, "bf16"),
         SSV2_CLIP,
         label_smoothing=0.1,
         mixup=0.0,
@@ -136,7 +138,7 @@ FINETUNE: dict[str, Recipe] = {
         ModelOptions("diving48-swin-b"),
         K400_OPTIM,
         FINETUNE_SCHEDULE,
-        _run(2, 4, "bf16"),
+        _run(2, 64, "bf16"),
         dataclasses.replace(SSV2_CLIP, rand_augment="off", erase=0.0, flip=0.0),
         **NO_REGULARISATION,
     ),

@@ -172,7 +172,7 @@ def registry_of(cfg: FinetuneConfig) -> str:
 
 
 def run(cfg: FinetuneConfig) -> TrainStageResult:
-    with session(cfg, "finetune") as job:
+    with session(cfg, "finetune", FINETUNE) as job:
         env, settings = job.env, cfg.run
         spec: ClipSpec = cfg.clip.spec()
         data = clip_stream(cfg.train, spec, "train", settings.batch_size, env.rank, env.world, settings.seed)

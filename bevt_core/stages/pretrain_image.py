@@ -70,7 +70,7 @@ def image_checkpoint(state: dict[str, torch.Tensor], window_size: tuple[int, int
 
 
 def run(cfg: PretrainImageConfig) -> TrainStageResult:
-    with session(cfg, "pretrain-image") as job:
+    with session(cfg, "pretrain-image", PRETRAIN_IMAGE) as job:
         env, settings = job.env, cfg.run
         data = pretrain_data.stream(
             cfg.images,

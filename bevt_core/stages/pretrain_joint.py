@@ -125,7 +125,7 @@ def initialise(model: torch.nn.Module, init: str, lm_head: bool, say: Callable[[
 
 
 def run(cfg: PretrainJointConfig) -> TrainStageResult:
-    with session(cfg, "pretrain-joint") as job:
+    with session(cfg, "pretrain-joint", PRETRAIN_JOINT) as job:
         env, settings = job.env, cfg.run
         common = dict(mode=cfg.targets, rank=env.rank, world=env.world, seed=settings.seed)
         videos = pretrain_data.stream(

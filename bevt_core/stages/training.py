@@ -12,12 +12,13 @@ import torch
 
 from bevt_core.config import to_yaml
 from bevt_core.models import build_model, save_weights
+from bevt_core.recipes import Recipe
 from bevt_core.tracking import stage_report
 from bevt_core.tracking.stage_run import stage_run
 from bevt_core.tracking.tracker import Tracker
 from bevt_core.train import distributed
 from bevt_core.train.engine import Settings, Task, TrainResult, train
-from bevt_core.train.options import ModelOptions, RunConfig
+from bevt_core.train.options import Batching, ModelOptions, RunConfig, batching
 from bevt_core.train.state import seed_everything
 
 
@@ -139,17 +140,35 @@ class Session:
         torch.manual_seed(self.cfg.run.seed * 1000 + self.env.rank)
 
 
+def fix_batching(cfg: Any, world: int, recipe: Recipe) -> tuple[Batching, str]:
+    """Resolve the job's accumulation from the recipe's global batch (in ``cfg``); returns the split and a note
+    when the global batch differs from the recipe's (the lr then scaled by their ratio with ``run.scale_lr``)."""
+    split = batching(cfg.run, world)
+    cfg.run.accum_steps = split.accum_steps
+    if split.global_batch == recipe.run.global_batch:
+        return split, ""
+    note = f"the global batch {split.global_batch} differs from the recipe's {recipe.run.global_batch}: "
+    if cfg.run.scale_lr:
+        cfg.optim.lr *= split.global_batch / recipe.run.global_batch
+        return split, note + f"the peak lr is scaled to {cfg.optim.lr:.3g}"
+    return split, note + "the lr is the recipe's (--run.scale-lr scales it)"
+
+
 @contextmanager
-def session(cfg: Any, stage: str) -> Iterator[Session]:
-    """Join the job (torchrun / PyTorchJob env), seed, start MLflow on rank 0; clean up after."""
+def session(cfg: Any, stage: str, recipes: dict[str, Recipe]) -> Iterator[Session]:
+    """Join the job (torchrun / PyTorchJob env), seed, resolve the batching, start MLflow on rank 0; clean up
+    after."""
     env = distributed.from_env(cfg.run.timeout_s)
     seed_everything(cfg.run.seed)  # same on every rank: identical initial weights, as the official set_random_seed
+    split, note = fix_batching(cfg, env.world, recipes[cfg.preset])
     try:
         with stage_run(
             stage, cfg, cfg.run.work_dir, sqlite_dir=cfg.run.work_dir, main=env.main, system_metrics=True
         ) as tracker:
-            tracker.tags({"stage": stage, "world_size": str(env.world)})
-            yield Session(stage, cfg, env, tracker)
+            tracker.tags({"stage": stage, "world_size": str(env.world), "global_batch": str(split.global_batch)})
+            job = Session(stage, cfg, env, tracker)
+            job.say(f"batch: {split.describe()}" + (f"; NOTE: {note}" if note else ""))
+            yield job
             stage_report.training_curves(tracker)
     finally:
         distributed.shutdown()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bevt_core.config import at_least, between, option
+from bevt_core.config import ConfigError, at_least, between, option
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 PARAM_GROUPS = ("pretrain", "layer_decay", "backbone_mult")
@@ -83,8 +83,19 @@ class RunConfig:
         "records (and the MLflow SQLite file when local)."
     )
     batch_size: int | None = option(help="Micro-batch per rank (main stream).", check=at_least(1), preset=True)
+    global_batch: int | None = option(
+        help="Samples (clips) per optimizer step across all ranks, as the recipe's: the accumulation is computed "
+        "from it for the job's world size (global_batch / (batch_size x ranks)).",
+        check=at_least(1),
+        preset=True,
+    )
     accum_steps: int | None = option(
-        help="Micro-steps per optimizer step (gradient accumulation).", check=at_least(1), preset=True
+        None,
+        help="Micro-steps per optimizer step. None: from global_batch; given, the global batch follows from it.",
+        check=at_least(1),
+    )
+    scale_lr: bool = option(
+        False, help="When the job's global batch differs from the recipe's, scale the peak lr by their ratio."
     )
     precision: str | None = option(
         help="Autocast dtype: bf16, or fp16 with a GradScaler (the official apex O1 "
@@ -123,3 +134,35 @@ class RunConfig:
         help="Accelerator peak dense TFLOP/s for MFU (0: known GPUs are detected; no MFU on CPU).",
         check=at_least(0.0),
     )
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How one optimizer step's samples are split: ``micro_batch`` per rank x ``accum_steps`` x ``world`` ranks."""
+
+    micro_batch: int
+    accum_steps: int
+    world: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.accum_steps * self.world
+
+    def describe(self) -> str:
+        return (
+            f"{self.global_batch} samples per optimizer step = {self.micro_batch} per rank x "
+            f"{self.accum_steps} micro-steps x {self.world} ranks"
+        )
+
+
+def batching(run: RunConfig, world: int) -> Batching:
+    """The split of ``run.global_batch`` for ``world`` ranks (or the one ``run.accum_steps`` gives)."""
+    if run.accum_steps:
+        return Batching(run.batch_size, run.accum_steps, world)
+    per_micro_step = run.batch_size * world
+    if run.global_batch % per_micro_step:
+        raise ConfigError(
+            f"run.global_batch: {run.global_batch} samples per step do not split into micro-batches of "
+            f"{run.batch_size} on {world} ranks; give --run.batch-size or --run.accum-steps"
+        )
+    return Batching(run.batch_size, run.global_batch // per_micro_step, world)

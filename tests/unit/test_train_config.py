@@ -32,7 +32,8 @@ def test_pretrain_joint_swin_b_recipe(capsys):
     assert cfg["optim"]["lr"] == 5e-4 and cfg["optim"]["weight_decay"] == 0.05
     assert cfg["optim"]["clip_grad"] == 3.0 and cfg["optim"]["groups"] == "pretrain"
     assert cfg["schedule"] == {"epochs": 150, "warmup_epochs": 10, "cosine_by_epoch": False, "max_steps": 0}
-    assert cfg["run"]["batch_size"] == 4 and cfg["run"]["accum_steps"] == 2 and cfg["image_batch_size"] == 32
+    # 4 clips + 32 images per GPU per micro-step, 2 micro-steps per update on the official 32 GPUs.
+    assert cfg["run"]["batch_size"] == 4 and cfg["run"]["global_batch"] == 256 and cfg["image_batch_size"] == 32
     assert cfg["model"]["name"] == "bevt-swin-b" and cfg["model"]["window_size"] == [8, 7, 7]
 
 
@@ -48,7 +49,8 @@ def test_finetune_k400_and_ssv2_recipes(capsys):
     assert ssv2["optim"]["groups"] == "backbone_mult" and ssv2["optim"]["backbone_lr_mult"] == 0.1
     assert ssv2["label_smoothing"] == 0.1 and ssv2["ema_momentum"] == 2e-4
     assert ssv2["clip"]["sampling"] == "uniform" and ssv2["clip"]["erase"] == 0.25
-    assert ssv2["clip"]["rand_augment"] == "imgaug-n4-m7" and ssv2["run"]["accum_steps"] == 8
+    assert ssv2["clip"]["rand_augment"] == "imgaug-n4-m7"
+    assert (ssv2["run"]["batch_size"], ssv2["run"]["global_batch"]) == (1, 64)  # 1 x 8 micro-steps x 8 GPUs
 
 
 def test_options_override_the_preset(capsys):
@@ -85,3 +87,23 @@ def test_errors_name_the_field():
         from_dict(FinetuneConfig, {"train": "t", "run": {"work_dir": "w"}, "optim": {"groups": "bogus"}})
     with pytest.raises(ConfigError, match="run.work_dir"):
         from_dict(FinetuneConfig, {"train": "t", "run": {}})
+
+
+def test_the_recipe_global_batch_holds_whatever_the_world_size():
+    from bevt_core.recipes import FINETUNE
+    from bevt_core.stages.finetune import FinetuneConfig
+    from bevt_core.stages.training import fix_batching
+
+    for world, accum in ((8, 4), (4, 8), (1, 32)):
+        cfg = from_dict(FinetuneConfig, {"train": "t", "run": {"work_dir": "w"}, "preset": "k400-swin-b"})
+        split, note = fix_batching(cfg, world, FINETUNE["k400-swin-b"])
+        assert (split.global_batch, split.accum_steps, cfg.run.accum_steps, note) == (64, accum, accum, "")
+    with pytest.raises(ConfigError, match="run.global_batch: 64 samples per step do not split"):
+        fix_batching(from_dict(FinetuneConfig, {"train": "t", "run": {"work_dir": "w"}}), 3, FINETUNE["k400-swin-b"])
+    # Asked for another global batch: said when the job starts, and the lr scaled only on request.
+    for scale, lr in ((False, 3e-4), (True, 6e-4)):
+        cfg = from_dict(FinetuneConfig, {"train": "t", "run": {"work_dir": "w", "accum_steps": 8, "scale_lr": scale}})
+        split, note = fix_batching(cfg, 8, FINETUNE["k400-swin-b"])
+        assert (
+            split.global_batch == 128 and "differs from the recipe's 64" in note and cfg.optim.lr == pytest.approx(lr)
+        )
