@@ -80,7 +80,8 @@ def joint_config(data: Path, work_dir: Path, batch: int, workers: int = 0) -> di
         "image_batch_size": 2,
         "frame_interval": 2,  # the shards keep every second frame
         "schedule": {"max_steps": STEPS},
-        "run": {"work_dir": str(work_dir), "batch_size": batch, "workers": workers, "timeout_s": 120},
+        # One micro-batch per rank per step, whatever the world size (the recipe's global batch is for two ranks).
+        "run": {"work_dir": str(work_dir), "batch_size": batch, "accum_steps": 1, "workers": workers, "timeout_s": 120},
         "tracking": {"uri": "none"},
     }
 

@@ -45,8 +45,8 @@ class StoredFrames:
 def check_stride(frame_interval: int, stride: int, where: str, field: str = "clip.frame_interval") -> None:
     if frame_interval % stride:
         raise ConfigError(
-            f"{field}: {frame_interval} frames cannot be sampled from {where}, whose shards keep every "
-            f"{stride}th frame; shard it with a --frame-interval that divides {frame_interval}"
+            f"{field}: {frame_interval} frames cannot be sampled from {where}, whose shards keep one "
+            f"frame in {stride}; shard it with a --frame-interval that divides {frame_interval}"
         )
 
 

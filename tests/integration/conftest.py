@@ -133,7 +133,7 @@ def tracked_pipeline(samples, mlflow_server, tmp_path_factory) -> TrackedPipelin
                 "root": str(scene.root),
                 "classes": str(scene.root / "classes.txt"),
                 "preset": "k400-tiny",
-                "frame_interval": 2,
+                "frame_interval": 3,  # the recipe's interval: one stored frame per clip frame
                 "register_as": PIPELINE_MODEL,
             }
         ],
