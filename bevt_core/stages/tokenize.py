@@ -91,11 +91,10 @@ class TokenizeConfig:
         0, help="Seed of the views (with each key and view index), the colour-jitter op order and the codebook fit."
     )
     precision: str = option(
-        "fp32",
-        help="DALL-E conv precision (the output conv stays fp32). fp16 is the "
-        "official CUDA behaviour and, like bf16, much faster on a GPU; ids can differ between "
-        "precisions at near-ties.",
-        choices=("fp32", "bf16", "fp16"),
+        "auto",
+        help="DALL-E conv precision (the output conv stays fp32). auto: fp16 on a GPU, the official behaviour, "
+        "fp32 on a CPU; bf16 is as fast as fp16 on a GPU; ids can differ between precisions at near-ties.",
+        choices=("auto", "fp32", "bf16", "fp16"),
     )
     device: str = option(
         "auto", help="Where the tokenizer runs (auto: the GPU when there is one).", choices=("auto", "cpu", "cuda")

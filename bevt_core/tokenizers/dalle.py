@@ -127,6 +127,12 @@ def map_pixels(x: torch.Tensor) -> torch.Tensor:
     return (1 - 2 * LOGIT_LAPLACE_EPS) * (x.float() / 255) + LOGIT_LAPLACE_EPS
 
 
+def default_precision(device: torch.device) -> str:
+    """fp16 on a GPU, as the official tokenizer runs under apex O1 (docs/official-behaviour.md §7.10); fp32 on a
+    CPU, where half precision is slow."""
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
 class DalleTokenizer(Tokenizer):
     name = "dalle"
 
@@ -135,11 +141,13 @@ class DalleTokenizer(Tokenizer):
         encoder: nn.Module,
         sha256: str,
         uri: str = "",
-        precision: str = "fp32",
+        precision: str = "auto",
         device: str = "auto",
         batch_size: int = 256,
     ):
         super().__init__(encoder.vocab_size, sha256, batch_size, device)
+        if precision == "auto":
+            precision = default_precision(self.device)
         self.uri, self.precision = uri, precision
         net = DalleEncoder(encoder).requires_grad_(False).eval()
         net.body.to(PRECISIONS[precision])

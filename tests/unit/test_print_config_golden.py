@@ -21,10 +21,10 @@ UNCHANGED = ("predict", "samples", "demo", "study", "pipeline")  # their fields 
 
 
 # Fields added or changed after the goldens were written: case name prefix -> {field: value}, each for a
-# reason: the joint stage's interval counts frames of the video and its token classifier starts fresh; finetunes
-# validate every 5 epochs; the SSv2 RandAugment is imgaug's, as in the official recipe (it was timm's); a recipe
-# gives the global batch and the accumulation follows from the world size (the tiny finetunes' micro-batch is
-# halved so that one and two ranks both split it).
+# reason: the joint stage's interval counts frames of the video and its token classifier starts fresh;
+# finetunes validate every 5 epochs; DALL-E runs in fp16 on GPUs; the SSv2 RandAugment is imgaug's, as in the
+# official recipe (it was timm's); a recipe gives the global batch and the accumulation follows from the world
+# size (the tiny finetunes' micro-batch is halved so that one and two ranks both split it).
 def _batching(global_batch: int) -> dict:
     return {("run", "global_batch"): global_batch, ("run", "accum_steps"): None, ("run", "scale_lr"): False}
 
@@ -41,6 +41,7 @@ CHANGED = {
     "finetune--k400-tiny": _batching(8) | {("run", "batch_size"): 4},
     "finetune--ssv2-tiny": _batching(8) | {("run", "batch_size"): 4},
     "evaluate--ssv2-swin-b": {("clip", "rand_augment"): "imgaug-n4-m7"},
+    "tokenize": {("precision",): "auto"},  # fp16 on a GPU, as the official tokenizer runs
 }
 
 CASES = {

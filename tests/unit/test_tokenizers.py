@@ -150,3 +150,12 @@ def test_both_tokenizers_give_a_crop_over_16_grid(encoder_file):
         assert ids.shape == (3, 6, 6) and ids.dtype == np.uint16 and ids.max() < tok.vocab_size
     with pytest.raises(ValueError, match="not a multiple of 16"):
         tok.tokenize(crops[:, :40, :40])
+
+
+def test_dalle_precision_defaults_to_the_official_fp16_on_gpus(encoder_file):
+    from bevt_core.tokenizers.dalle import default_precision
+
+    assert default_precision(torch.device("cuda", 0)) == "fp16" and default_precision(torch.device("cpu")) == "fp32"
+    path, _ = encoder_file
+    tokenizer = DalleTokenizer.load(str(path), device="cpu")
+    assert tokenizer.precision == "fp32" and tokenizer.identity()["precision"] == "fp32"
