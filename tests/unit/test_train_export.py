@@ -52,3 +52,38 @@ def test_joint_pretraining_takes_only_the_backbone_unless_asked(tmp_path):
         expected = image_stage.cls_head.lm_head.weight if carry else fresh
         torch.testing.assert_close(joint.cls_head.lm_head.weight, expected, rtol=0, atol=0)
         torch.testing.assert_close(joint.backbone.mask_token, image_stage.backbone.mask_token, rtol=0, atol=0)
+
+
+def test_joint_pretraining_starts_from_the_official_image_stream_checkpoint_layout(tmp_path):
+    """The released image-stream checkpoint, as the official joint stage reads it (docs/official-behaviour.md
+    §1.10, Q1): a 2D Swin-B under ``model``, keys prefixed ``encoder.``, ``fc_norm`` for the final norm, with
+    ``relative_position_index`` and ``attn_mask`` buffers; only the backbone is taken, inflated to 3D."""
+    from bevt_core.stages.pretrain_joint import initialise
+
+    torch.manual_seed(0)
+    image_stream = build_model("bevt-swin-b")
+    ours = image_checkpoint(image_stream.state_dict(), image_stream.config.swin.window_size)
+    backbone = {k[len("backbone.") :]: v for k, v in ours.items() if k.startswith("backbone.")}
+    backbone["fc_norm.weight"], backbone["fc_norm.bias"] = backbone.pop("norm.weight"), backbone.pop("norm.bias")
+    released = {"encoder." + k: v for k, v in backbone.items()}
+    released["encoder.layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
+    released["encoder.layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+    torch.save({"model": released}, tmp_path / "image_stream.pth")
+
+    torch.manual_seed(1)
+    joint = build_model("bevt-swin-b")
+    fresh_head = joint.cls_head.lm_head.weight.detach().clone()
+    initialise(joint, str(tmp_path / "image_stream.pth"), lm_head=False, say=lambda text: None)
+    got, want = joint.state_dict(), image_stream.state_dict()
+    torch.testing.assert_close(
+        got["backbone.layers.2.blocks.5.mlp.fc1.weight"], want["backbone.layers.2.blocks.5.mlp.fc1.weight"]
+    )
+    torch.testing.assert_close(got["backbone.norm.weight"], want["backbone.norm.weight"])  # from fc_norm
+    embed_2d = want["backbone.patch_embed_2d.proj.weight"]
+    torch.testing.assert_close(got["backbone.patch_embed_2d.proj.weight"], embed_2d)
+    torch.testing.assert_close(got["backbone.patch_embed.proj.weight"], embed_2d[:, :, None].repeat(1, 1, 2, 1, 1) / 2)
+    table_2d = ours["backbone.layers.0.blocks.0.attn.relative_position_bias_table"]  # 169 rows
+    torch.testing.assert_close(
+        got["backbone.layers.0.blocks.0.attn.relative_position_bias_table"], table_2d.repeat(15, 1)
+    )
+    torch.testing.assert_close(joint.cls_head.lm_head.weight, fresh_head, rtol=0, atol=0)
