@@ -98,6 +98,8 @@ def sample_views(aug: Augment, key: str, count: int, height: int, width: int, co
 
 
 def _jitter(img: np.ndarray, jitter: tuple[tuple[str, float], ...]) -> np.ndarray:
+    """mmaction's ColorJitter in float32: the ops run unclipped, then the result is clipped and truncated to uint8
+    (docs/official-behaviour.md §4.4)."""
     x = img.astype(np.float32)
     for op, f in jitter:
         if op == "brightness":
@@ -107,8 +109,7 @@ def _jitter(img: np.ndarray, jitter: tuple[tuple[str, float], ...]) -> np.ndarra
             gray = x[..., 0] * np.float32(GRAY[0]) + x[..., 1] * np.float32(GRAY[1]) + x[..., 2] * np.float32(GRAY[2])
             other = np.float32(gray.mean()) if op == "contrast" else gray[..., None]
             x = np.float32(f) * x + np.float32(1 - f) * other
-        x = np.clip(x, 0, 255)  # each op saturates, as on a uint8 image
-    return np.rint(x).astype(np.uint8)
+    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def _apply_one(frame: np.ndarray, v: View) -> np.ndarray:

@@ -19,10 +19,14 @@ from bevt_core.data.jobs import recorded_settings
 from bevt_core.data.loader import ShardStream, buffer_shuffle, current_consumer, read_runs
 from bevt_core.data.shard_format import Sample
 from bevt_core.data.token_format import TokenSample, TokenSet, load_tokens, parse_data, parse_tokens
-from bevt_core.data.views import View, apply_view
+from bevt_core.data.views import Augment, View, apply_view, draw_view
 from bevt_core.loading.frames import StoredFrames, check_stride, interval_train
 from bevt_core.tokenizers import open_tokenizer
 
+# stored: the ids of a stored view; replay: the crop of a stored view, for a tokenizer in the step (it gives the
+# stored ids); online: the crop of a fresh draw of the augmentation on every read, tokenized in the step (the
+# official setup).
+MODES = ("stored", "replay", "online")
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
 
@@ -40,17 +44,17 @@ def normalize(crops: np.ndarray) -> torch.Tensor:
 
 class TargetSample(NamedTuple):
     clip: torch.Tensor  # float (3, T, H, W) video or (3, H, W) image
-    target: torch.Tensor  # int64 ids (T, G, G) / (G, G); in "online" mode the uint8 crop (T, H, W, 3) / (H, W, 3)
+    target: torch.Tensor  # int64 ids (T, G, G) / (G, G); replay, online: the uint8 crop (T, H, W, 3) / (H, W, 3)
     view: View
     key: str
 
 
 class TokenTargets(ShardStream):
-    """Training samples with their precomputed targets (``mode="stored"``) or, for comparison with
-    the official setup, with the augmented uint8 crop for a tokenizer inside the step
-    (``mode="online"``). One view index (of the stored V) and one temporal window of ``clip_len``
-    frames, ``frame_interval`` frames of the video apart (:mod:`bevt_core.loading.frames`), are drawn at
-    random per sample and epoch.
+    """Training samples with their targets (``MODES``): the ids of one of the V stored views (``stored``), that
+    view's uint8 crop for a tokenizer inside the step (``replay``), or the crop of a fresh augmentation drawn on
+    every read, the official setup (``online``). The view (or the fresh draw) and one temporal window of
+    ``clip_len`` frames, ``frame_interval`` frames of the video apart (:mod:`bevt_core.loading.frames`), are drawn
+    at random per sample and epoch.
     """
 
     def __init__(
@@ -68,8 +72,8 @@ class TokenTargets(ShardStream):
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        if mode not in ("stored", "online"):
-            raise ValueError(f"mode must be 'stored' or 'online', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         super().__init__(
             data_root,
             shuffle=shuffle,
@@ -88,6 +92,8 @@ class TokenTargets(ShardStream):
             )
         check_stride(frame_interval, recorded_settings(data_root)["frame_interval"], data_root, "frame_interval")
         self.clip_len, self.frame_interval, self.mode = clip_len, frame_interval, mode
+        record = self.tokens.record
+        self.augment = Augment(crop=record["crop"], jitter=record["jitter"], flip=record["flip"], seed=record["seed"])
 
     def __iter__(self):
         consumer = current_consumer(self.rank, self.world_size)
@@ -107,7 +113,7 @@ class TokenTargets(ShardStream):
         if tokens.key != sample.key:
             raise ValueError(f"token shard out of step with the data: {tokens.key!r} vs {sample.key!r}")
         v = int(rng.integers(len(tokens.views)))
-        view = tokens.views[v]
+        view = tokens.views[v] if self.mode != "online" else self.fresh_view(sample, is_video, rng)
         if is_video:
             frames = StoredFrames.of(sample)
             idx = frames.positions(interval_train(frames.raw, self.clip_len, self.frame_interval, rng))
@@ -118,8 +124,14 @@ class TokenTargets(ShardStream):
         else:
             crops = apply_view(decode_jpeg(sample.jpegs[0]), view)
             ids = tokens.ids[v]
-        target = torch.from_numpy(crops) if self.mode == "online" else torch.from_numpy(ids.astype(np.int64))
+        target = torch.from_numpy(ids.astype(np.int64)) if self.mode == "stored" else torch.from_numpy(crops)
         return TargetSample(normalize(crops), target, view, sample.key)
+
+    def fresh_view(self, sample: Sample, is_video: bool, rng: np.random.Generator) -> View:
+        """A new draw of the augmentation the token directory's views come from, as the official pipeline makes
+        on every read."""
+        height, width = sample.meta["stored_height"], sample.meta["stored_width"]
+        return draw_view(self.augment, height, width, not is_video, rng)
 
 
 def collate(batch: list[TargetSample]) -> dict[str, Any]:

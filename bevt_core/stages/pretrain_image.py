@@ -39,9 +39,10 @@ class PretrainImageConfig:
     preset: str = option("swin-b", help=f"Recipe the unset fields come from: {', '.join(PRETRAIN_IMAGE)}.")
     targets: str = option(
         "stored",
-        help="stored: ids from the token shards; online: run the token directory's "
-        "tokenizer inside the step (the official setup, for comparison).",
-        choices=("stored", "online"),
+        help="stored: ids of one of the token directory's views; online: a fresh augmentation on every read, "
+        "tokenized inside the step, as the official pipeline does; replay: a stored view tokenized inside the step "
+        "(trains exactly like stored).",
+        choices=("stored", "online", "replay"),
     )
     model: ModelOptions = option(ModelOptions, help="Model.")
     optim: OptimConfig = option(OptimConfig, help="Optimizer.")
@@ -85,7 +86,7 @@ def run(cfg: PretrainImageConfig) -> TrainStageResult:
         )
         model = build_from(cfg.model, settings, vocab_size=int(data.token_set.record["tokenizer"]["vocab_size"]))
         job.model_ready()
-        ids = pretrain_data.online_ids(tokenizer_of(data.token_set)) if cfg.targets == "online" else None
+        ids = pretrain_data.online_ids(tokenizer_of(data.token_set)) if cfg.targets != "stored" else None
 
         def batches(epoch: int, start: int):
             data.set_position(epoch, start)

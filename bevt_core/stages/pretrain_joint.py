@@ -51,8 +51,10 @@ class PretrainJointConfig:
     preset: str = option("swin-b", help=f"Recipe the unset fields come from: {', '.join(PRETRAIN_JOINT)}.")
     targets: str = option(
         "stored",
-        help="stored: ids from the token shards; online: the token directories' tokenizer inside the step.",
-        choices=("stored", "online"),
+        help="stored: ids of one of the token directory's views; online: a fresh augmentation on every read, "
+        "tokenized inside the step, as the official pipeline does; replay: a stored view tokenized inside the step "
+        "(trains exactly like stored).",
+        choices=("stored", "online", "replay"),
     )
     image_batch_size: int | None = option(help="Images per rank per micro-step.", check=at_least(1), preset=True)
     clip_len: int | None = option(help="Frames per clip.", check=at_least(2), preset=True)
@@ -155,7 +157,7 @@ def run(cfg: PretrainJointConfig) -> TrainStageResult:
         if cfg.init:
             initialise(model, cfg.init, cfg.init_lm_head, job.say)
         job.model_ready()
-        ids = pretrain_data.online_ids(tokenizer_of(videos.token_set)) if cfg.targets == "online" else None
+        ids = pretrain_data.online_ids(tokenizer_of(videos.token_set)) if cfg.targets != "stored" else None
 
         def loss(net, batch):
             image = batch["image"]

@@ -94,7 +94,7 @@ def tokenizer_args(kind: str, inputs: dict) -> dict:
 def check_invariant(data: str, tokens: str, clip_len: int = 4, interval: int = 8, video: bool = True) -> int:
     """Stored targets == the tokenizer run online on the loader's replayed crops; returns ids checked."""
     stored = TokenTargets(data, tokens, clip_len=clip_len, frame_interval=interval, shuffle=True, seed=5)
-    online = TokenTargets(data, tokens, clip_len=clip_len, frame_interval=interval, shuffle=True, seed=5, mode="online")
+    online = TokenTargets(data, tokens, clip_len=clip_len, frame_interval=interval, shuffle=True, seed=5, mode="replay")
     tok = tokenizer_of(online.tokens, device="cpu")
     checked = 0
     for s, o in zip(stored, online, strict=True):
@@ -419,3 +419,28 @@ def test_cli_refuses_unsafe_weights(tmp_path, inputs):
     )
     assert proc.returncode == 2
     assert "error: weights:" in proc.stderr and "not on the allow-list" in proc.stderr
+
+
+def test_online_mode_draws_a_fresh_augmentation_on_every_read(inputs, tmp_path):
+    """As the official pipeline: each epoch a new rescale, crop and flip (and jitter for images), not one of the
+    stored views; the draws come from (seed, epoch, reader), so a run that resumes sees the same ones."""
+    out = str(tmp_path / "tokens")
+    run(
+        TokenizeConfig(
+            input=inputs["image"], output=out, views=2, crop=CROP, progress=False, **tokenizer_args("codebook", inputs)
+        )
+    )
+    tokens = load_tokens(out)
+    stored = {row["key"]: json.loads(_member(out, row, "views.json")) for row in tokens.manifest.rows}
+    stream = TokenTargets(inputs["image"], out, clip_len=1, frame_interval=1, seed=3, mode="online")
+
+    def epoch_views(epoch: int) -> dict[str, dict]:
+        stream.set_epoch(epoch)
+        return {s.key: s.view.to_dict() for s in stream}
+
+    first, second = epoch_views(0), epoch_views(1)
+    first_as_stored = {k: json.loads(json.dumps(v)) for k, v in first.items()}
+    assert first == epoch_views(0)
+    assert sum(first[k] != second[k] for k in first) >= len(first) - 1
+    assert sum(first_as_stored[k] in stored[k] for k in first) <= 1
+    assert all(v["jitter"] for v in first.values()), "images are colour-jittered"
