@@ -38,4 +38,6 @@ bench: venv
 		.venv/bin/python -m tests.benchmarks.bench_tokenize --quick && \
 		.venv/bin/python -m tests.benchmarks.bench_train --device cpu; \
 	fi
+	.venv/bin/python -m tests.benchmarks.bench_views
+	.venv/bin/python -m tests.benchmarks.bench_cost
 	.venv/bin/python -m tests.benchmarks.report

@@ -11,6 +11,10 @@ on the temporal task (camera-motion, SSv2-like) and the appearance task (scene, 
 Every pretraining and finetuning run is repeated per seed; the table gives the mean and the spread
 (sample standard deviation) of single-view validation top-1. The data is sharded and tokenized
 with the demo's settings into the study's work dir (idempotent: a rerun reuses it).
+
+``--views`` and ``--online`` add a second factor, the pretraining targets: each pretraining arm is
+run once per count of stored augmentation views (each count tokenized into its own directory with
+the same fitted codebook) and, with ``--online``, with a fresh augmentation drawn on every read.
 """
 
 from __future__ import annotations
@@ -52,15 +56,52 @@ class StudyConfig:
         "epochs); for smoke runs, not for numbers.",
         check=at_least(0),
     )
+    views: tuple[int, ...] = option(
+        (),
+        help="Stored augmentation views per sample to compare, one pretraining per count (empty: data.views only).",
+        check=lambda counts: "every count must be at least 1" if any(n < 1 for n in counts) else None,
+    )
+    online: bool = option(False, help="Also pretrain with online targets: a fresh augmentation on every read.")
     samples: SamplesConfig = option(SamplesConfig, help="The sample data.")
     data: DataSettings = option(DataSettings, help="Sharding and tokenizing (shards and tokens in work_dir/data).")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The pretraining targets of one variant: ids of ``views`` stored views, or a fresh view per read."""
+
+    views: int
+    online: bool = False
+
+    @property
+    def label(self) -> str:
+        return "online" if self.online else f"{self.views} view{'s' if self.views > 1 else ''}"
+
+
+def target_variants(cfg: StudyConfig) -> list[Targets]:
+    stored = [Targets(v) for v in cfg.views or (cfg.data.views,)]
+    return stored + ([Targets(cfg.data.views, online=True)] if cfg.online else [])
+
+
+def is_plain(cfg: StudyConfig) -> bool:
+    """Only the data's own stored views: cells and runs keep the plain arm names."""
+    return target_variants(cfg) == [Targets(cfg.data.views)]
 
 
 @dataclass
 class Cell:
     arm: str
     task: str
+    targets: str = ""  # the Targets label; "" for scratch and for a study of the data's own views alone
     top1: list[float] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm} ({self.targets})" if self.targets else self.arm
+
+    @property
+    def slug(self) -> str:
+        return self.arm + (f"-{self.targets.replace(' ', '-')}" if self.targets else "")
 
     @property
     def mean(self) -> float:
@@ -86,9 +127,9 @@ class StudyResult:
             "| initialisation | " + " | ".join(f"{t} top-1" for t in tasks) + " |",
             "|---" * (len(tasks) + 1) + "|",
         ]
-        for arm in dict.fromkeys(c.arm for c in self.cells):
-            row = {c.task: c for c in self.cells if c.arm == arm}
-            lines.append(f"| {arm} | " + " | ".join(f"{row[t].mean:.1%} ± {row[t].spread:.1%}" for t in tasks) + " |")
+        for name in dict.fromkeys(c.name for c in self.cells):
+            row = {c.task: c for c in self.cells if c.name == name}
+            lines.append(f"| {name} | " + " | ".join(f"{row[t].mean:.1%} ± {row[t].spread:.1%}" for t in tasks) + " |")
         lines.append("| chance | " + " | ".join(f"{self.chance[t]:.1%}" for t in tasks) + " |")
         return "\n".join(lines)
 
@@ -99,29 +140,34 @@ class StudyResult:
         )
 
 
-def _pretrain(cfg: StudyConfig, prepared: Path, seed: int) -> dict[str, TrainStageResult | None]:
-    """The pretraining run behind each arm for one seed (None: from scratch)."""
+def tokens_dir(cfg: StudyConfig, prepared: Path, views: int) -> Path:
+    return prepared / ("tokens" if views == cfg.data.views else f"tokens-{views}views")
 
-    def run_opts(name: str) -> dict:
-        return {"work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / name), "seed": seed}
+
+def _pretrain(cfg: StudyConfig, prepared: Path, seed: int, targets: Targets) -> dict[str, TrainStageResult]:
+    """The pretraining run behind each pretrained arm for one seed and one kind of targets."""
+    suffix = "" if is_plain(cfg) or targets == Targets(cfg.data.views) else f"-{targets.label.replace(' ', '-')}"
 
     def stage(extra: dict, name: str) -> dict:
         return {
             "preset": "tiny",
             **extra,
-            "run": run_opts(name),
+            "targets": "online" if targets.online else "stored",
+            "run": {"work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / f"{name}{suffix}"), "seed": seed},
             "schedule": {"max_steps": cfg.max_steps},
             "tracking": UNTRACKED,
         }
 
-    shards, tokens = prepared / "shards", prepared / "tokens"
+    shards, tokens = prepared / "shards", tokens_dir(cfg, prepared, targets.views)
     video = {"videos": str(shards / "camera-motion" / "train"), "video_tokens": str(tokens / "camera-motion" / "train")}
     images = {"images": str(shards / "images"), "image_tokens": str(tokens / "images")}
-    runs: dict[str, TrainStageResult | None] = {"scratch": None}
+    runs: dict[str, TrainStageResult] = {}
     if {"image", "joint"} & set(cfg.arms):
         runs["image"] = pretrain_image.run(
             from_dict(pretrain_image.PretrainImageConfig, stage(images, "pretrain-image"))
         )
+        if runs["image"].failed:
+            return runs
     if "joint" in cfg.arms:
         runs["joint"] = pretrain_joint.run(
             from_dict(
@@ -142,11 +188,12 @@ def _plot(result: StudyResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks, arms = list(result.chance), list(dict.fromkeys(c.arm for c in result.cells))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    tasks, names = list(result.chance), list(dict.fromkeys(c.name for c in result.cells))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.5, 1.1 * len(names)) * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        cells = [next(c for c in result.cells if c.arm == a and c.task == task) for a in arms]
-        ax.bar(arms, [c.mean for c in cells], yerr=[c.spread for c in cells], capsize=4, color="#4c72b0")
+        cells = [next(c for c in result.cells if c.name == n and c.task == task) for n in names]
+        ax.bar(names, [c.mean for c in cells], yerr=[c.spread for c in cells], capsize=4, color="#4c72b0")
+        ax.tick_params(axis="x", labelrotation=20 if len(names) > 4 else 0)
         ax.axhline(result.chance[task], color="#c44e52", linestyle="--", label="chance")
         ax.set_title(task)
         ax.set_ylabel("val top-1")
@@ -158,10 +205,12 @@ def _plot(result: StudyResult, path: Path) -> None:
     plt.close(fig)
 
 
-def prepare(d: DataSettings, data: SampleData, work: Path) -> str:
+def prepare(cfg: StudyConfig, data: SampleData, work: Path) -> str:
     """Shard both sample tasks and the images, then tokenize the pretraining sets with one codebook,
     fitted on the camera-motion videos (the video and image streams share the lm_head, so they must
-    share the tokenizer); returns what failed, or "". Both stages skip what is already done."""
+    share the tokenizer), once per count of stored views; returns what failed, or "". Both stages
+    skip what is already done."""
+    d = cfg.data
     jobs = []
     for task in (data.camera_motion, data.scene):
         for split, listing in (("train", task.train_list), ("val", task.val_list)):
@@ -203,15 +252,16 @@ def prepare(d: DataSettings, data: SampleData, work: Path) -> str:
             return f"{name}: {out.failed}"
     sets = ["camera-motion/train", "images"]
     fitted = work / "tokens" / sets[0] / CODEBOOK_FILE
-    for name in sets:
+    counts = [d.views] + [v for v in dict.fromkeys(cfg.views) if v != d.views]
+    for views, name in ((v, n) for v in counts for n in sets):
         tokenize.run(
             tokenize.TokenizeConfig(
                 input=str(work / "shards" / name),
-                output=str(work / "tokens" / name),
+                output=str(tokens_dir(cfg, work, views) / name),
                 tokenizer="codebook",
-                codebook="" if name == sets[0] else str(fitted),
+                codebook="" if (views, name) == (d.views, sets[0]) else str(fitted),
                 codebook_size=d.codebook_size,
-                views=d.views,
+                views=views,
                 crop=d.crop,
                 device="cpu",
                 tracking=TrackingConfig("none"),
@@ -232,7 +282,7 @@ def finetune_cell(
                 "val": str(prepared / "shards" / cell.task / "val"),
                 "init": init.weights if init else "",
                 "run": {
-                    "work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / f"finetune-{cell.task}-{cell.arm}"),
+                    "work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / f"finetune-{cell.task}-{cell.slug}"),
                     "seed": seed,
                 },
                 "schedule": {"max_steps": cfg.max_steps},
@@ -244,23 +294,39 @@ def finetune_cell(
 
 def run_seed(cfg: StudyConfig, prepared: Path, seed: int, result: StudyResult) -> str:
     """Every pretraining and finetuning run of one seed into ``result``; returns what failed, or ""."""
-    runs = _pretrain(cfg, prepared, seed)
-    failed = [f"pretraining for {arm}, seed {seed}: {r.failed}" for arm, r in runs.items() if r and r.failed]
-    if failed:
-        return failed[0]
-    result.pretraining[seed] = {arm: r.last for arm, r in runs.items() if r}
+    inits: dict[str, TrainStageResult | None] = {"scratch": None}  # cell name -> its pretraining
+    for targets in target_variants(cfg):
+        for arm, run in _pretrain(cfg, prepared, seed, targets).items():
+            name = Cell(arm, "", "" if is_plain(cfg) else targets.label).name
+            if run.failed:
+                return f"pretraining {name}, seed {seed}: {run.failed}"
+            inits[name] = run
+    result.pretraining[seed] = {name: r.last for name, r in inits.items() if r}
     for cell in result.cells:
-        tuned = finetune_cell(cfg, prepared, seed, cell, runs[cell.arm])
+        tuned = finetune_cell(cfg, prepared, seed, cell, inits[cell.name])
         if tuned.failed:
-            return f"finetune {cell.task} from {cell.arm}, seed {seed}: {tuned.failed}"
+            return f"finetune {cell.task} from {cell.name}, seed {seed}: {tuned.failed}"
         cell.top1.append(tuned.val["top1"])
         result.chance[cell.task] = tuned.val["chance"]
-        print(f"seed {seed}: {cell.task} from {cell.arm}: val top-1 {tuned.val['top1']:.1%}", flush=True)
+        print(f"seed {seed}: {cell.task} from {cell.name}: val top-1 {tuned.val['top1']:.1%}", flush=True)
     return ""
 
 
+def study_cells(cfg: StudyConfig) -> list[Cell]:
+    labels = [""] if is_plain(cfg) else [t.label for t in target_variants(cfg)]
+    return [
+        Cell(arm, task, targets)
+        for arm in cfg.arms
+        for targets in ([""] if arm == "scratch" else labels)
+        for task in TASKS
+    ]
+
+
 def write(result: StudyResult, cfg: StudyConfig, out: Path) -> None:
-    cells = [{"arm": c.arm, "task": c.task, "top1": c.top1, "mean": c.mean, "std": c.spread} for c in result.cells]
+    cells = [
+        {"arm": c.arm, "targets": c.targets, "task": c.task, "top1": c.top1, "mean": c.mean, "std": c.spread}
+        for c in result.cells
+    ]
     record = {
         "config": to_dict(cfg),
         "chance": result.chance,
@@ -277,8 +343,8 @@ def run(cfg: StudyConfig) -> StudyResult:
     out = Path(cfg.work_dir)
     prepared = out / "data"
     out.mkdir(parents=True, exist_ok=True)
-    result = StudyResult(str(out), tuple(cfg.seeds), [Cell(a, t) for a in cfg.arms for t in TASKS], {})
-    result.failed = prepare(cfg.data, data, prepared)
+    result = StudyResult(str(out), tuple(cfg.seeds), study_cells(cfg), {})
+    result.failed = prepare(cfg, data, prepared)
     for seed in cfg.seeds:
         if result.failed:
             return result

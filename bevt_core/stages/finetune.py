@@ -44,7 +44,9 @@ class FinetuneConfig:
         check=non_empty,
     )
     run: RunConfig = option(RunConfig, help="Execution settings.")
-    val: str = option("", help="Validation shard directory: single-view accuracy after training.")
+    val: str = option(
+        "", help="Validation shard directory: validated every --validate-every epochs, then the multi-view tests."
+    )
     init: str = option(
         "",
         help="Pretraining checkpoint (pretrain-joint's bevt_pretrain.pt, an official BEVT "

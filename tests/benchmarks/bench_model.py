@@ -110,16 +110,20 @@ def make_batch(workload: Workload, device: torch.device, seed: int = 0) -> dict:
     tubes = [tube(rng) for _ in range(workload.clips)]
     video = (
         torch.randn(workload.clips, 3, workload.frames, workload.size, workload.size, generator=generator),
-        torch.from_numpy(np.stack([t[0] for t in tubes])),
-        torch.from_numpy(np.stack([t[1] for t in tubes])),
+        torch.from_numpy(np.stack([t[0] for t in tubes])) if tubes else None,
+        torch.from_numpy(np.stack([t[1] for t in tubes])) if tubes else None,
         torch.randint(0, 8192, (workload.clips, workload.frames, grid, grid), generator=generator),
     )
+    blocks = [block(rng) for _ in range(workload.images)]
     image = (
         torch.randn(workload.images, 3, workload.size, workload.size, generator=generator),
-        torch.from_numpy(np.stack([block(rng) for _ in range(workload.images)])),
+        torch.from_numpy(np.stack(blocks)) if blocks else None,
         torch.randint(0, 8192, (workload.images, grid, grid), generator=generator),
     )
-    return {"video": tuple(t.to(device) for t in video), "image": tuple(t.to(device) for t in image)}
+    return {
+        stream: tuple(t if t is None else t.to(device) for t in tensors)
+        for stream, tensors in (("video", video), ("image", image))
+    }
 
 
 def step_loss(model, workload: Workload, batch: dict) -> torch.Tensor:
@@ -146,8 +150,9 @@ def count_flops(workload: Workload) -> float:
             else:
                 # All tokens through lm_head here; the loss only classifies the masked ones, so
                 # count those instead.
-                model.backbone(*batch["video"][:2])
-                model.backbone(*batch["image"][:2])
+                for stream, count in (("video", workload.clips), ("image", workload.images)):
+                    if count:
+                        model.backbone(*batch[stream][:2])
         lm_head = model.cls_head.lm_head if workload.name == "pretrain" else None
     flops = counter.get_total_flops()
     if lm_head is not None:
