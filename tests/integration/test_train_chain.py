@@ -94,7 +94,7 @@ def test_tiny_chain(data, tmp_path):
                 "image_tokens": str(data / "tok_image"),
                 "init": image.weights,
                 "frame_interval": 2,  # the shards keep every second frame
-                "run": run_args(tmp_path / "joint"),
+                "run": run_args(tmp_path / "joint") | {"global_batch": 4},
             },
         )
     )

@@ -42,6 +42,7 @@ CHANGED = {
     "finetune--ssv2-tiny": _batching(8) | {("run", "batch_size"): 4},
     "evaluate--ssv2-swin-b": {("clip", "rand_augment"): "imgaug-n4-m7"},
     "tokenize": {("precision",): "auto"},  # fp16 on a GPU, as the official tokenizer runs
+    "study": {("views",): [], ("online",): False},  # the views-against-online-targets comparison
 }
 
 CASES = {
