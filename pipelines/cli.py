@@ -163,7 +163,7 @@ def run_local(cfg: PipelineConfig) -> LocalRun:
     if cfg.params.parent_run_id:
         parent = report.reopen_run(uri, cfg.params.parent_run_id)
     else:
-        parent = report.open_run(uri, cfg.experiment, cfg.run_name or "pipeline", args)
+        parent = report.open_run(uri, cfg.experiment, cfg.run_name or "pipeline", args, "bevt pipeline run-local")
     args |= {"tracking_uri": uri, "parent_run_id": parent}
     started = time.time()
     failed = True

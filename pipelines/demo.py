@@ -178,7 +178,7 @@ def _resumable(work: Path, params, uri: str) -> str:
         earlier = json.loads(state.read_text())
         if earlier.get("params_sha256") == key and _exists(uri, earlier["parent_run_id"]):
             return earlier["parent_run_id"]
-    parent = report.open_run(uri, EXPERIMENT, "demo", to_dict(params))
+    parent = report.open_run(uri, EXPERIMENT, "demo", to_dict(params), "bevt demo")
     state.write_text(json.dumps({"parent_run_id": parent, "params_sha256": key}) + "\n")
     return parent
 

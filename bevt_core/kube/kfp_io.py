@@ -31,12 +31,13 @@ def location(artifact: Any, mode: str = "local") -> str:
 
 def tracking_section(parameters: dict[str, Any]) -> dict[str, str]:
     """The stage config's ``tracking`` section from a component's parameters (``tracking_uri``,
-    ``parent_run_id``, ``run_label``). KFP passes them one by one: a mapping built from pipeline parameters
-    is left unresolved by most KFP backends (kubeflow/pipelines#12204)."""
+    ``parent_run_id``, ``run_label``), its run marked as a pipeline step. KFP passes them one by one: a
+    mapping built from pipeline parameters is left unresolved by most KFP backends (kubeflow/pipelines#12204)."""
     return {
         "uri": parameters["tracking_uri"],
         "parent_run_id": parameters["parent_run_id"],
         "run_label": parameters.get("run_label", ""),
+        "source": "pipeline",
     }
 
 

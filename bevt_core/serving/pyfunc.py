@@ -11,6 +11,7 @@ so a registered version keeps running the code it was registered with.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -27,6 +28,7 @@ import bevt_core
 from bevt_core import storage
 from bevt_core.config import ConfigError
 from bevt_core.serving.predictor import Predictor
+from bevt_core.tracking.datasets import CONTEXT_TAG
 
 TOP_K = 5
 COLUMNS = ("video", "rank", "class", "probability")
@@ -73,8 +75,35 @@ def requirements() -> list[str]:
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
+def _run_link(run) -> str:
+    """A Markdown link to ``run`` that the MLflow UI resolves (the description is rendered inside the UI)."""
+    return f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}) ({run.info.run_id})"
+
+
+def version_description(client: mlflow.MlflowClient, run_id: str) -> str:
+    """Where a version comes from, read from its finetune run: the run, the pretraining run whose weights it
+    started from (the ``bevt.upstream.init`` tag), and the datasets it trained and validated on."""
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    lines = [f"Finetuned in run {_run_link(run)}."]
+    if tags.get("bevt.upstream.init"):
+        producer = client.get_run(tags["bevt.upstream.init"])
+        lines.append(f"Initialised from `{tags['bevt.input.init']}`, written by run {_run_link(producer)}.")
+    elif tags.get("bevt.input.init"):
+        lines.append(f"Initialised from `{tags['bevt.input.init']}` (no bevt run recorded as its producer).")
+    else:
+        lines.append("Trained from scratch (no pretrained weights).")
+    data = []
+    for used in run.inputs.dataset_inputs:
+        context = {t.key: t.value for t in used.tags}.get(CONTEXT_TAG, "")
+        uri = json.loads(used.dataset.source).get("uri", used.dataset.source)
+        data.append(f"- {context}: dataset `{used.dataset.name}` (digest {used.dataset.digest}): `{uri}`")
+    return " ".join(lines) + ("\n\nData:\n\n" + "\n".join(data) if data else "")
+
+
 def register(tracking_uri: str, run_id: str, weights: str, name: str, example_video: str) -> str:
-    """Log the model to run ``run_id`` and register it as a new version of ``name``: ``models:/name/version``.
+    """Log the model to run ``run_id`` and register it as a new version of ``name``: ``models:/name/version``,
+    described by :func:`version_description` (the version's page links to the run through its ``run_id``, too).
 
     MLflow validates the input example (``example_video``) by loading the logged model and predicting.
     """
@@ -97,6 +126,8 @@ def register(tracking_uri: str, run_id: str, weights: str, name: str, example_vi
                     pip_requirements=requirements(),
                     registered_model_name=name,
                 )
+            client = mlflow.MlflowClient(tracking_uri)
+            client.update_model_version(name, info.registered_model_version, version_description(client, run_id))
         finally:
             mlflow.set_tracking_uri(previous)
             # set_tracking_uri also exports the URI to the environment (for subprocesses): put it back,

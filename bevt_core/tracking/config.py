@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from bevt_core.config import option
 
+SOURCES = ("cli", "pipeline")
+
 
 @dataclass
 class TrackingConfig:
@@ -20,6 +22,12 @@ class TrackingConfig:
     run_label: str = option(
         "",
         help="Added to the MLflow run's name ('finetune scene'): tells apart the runs of one stage in a pipeline run.",
+    )
+    source: str = option(
+        "cli",
+        help="What started the run, for MLflow's Source column: cli (`bevt STAGE`, the run's source type LOCAL) "
+        "or pipeline (a KFP step: the components set it; source type JOB).",
+        choices=SOURCES,
     )
 
     @property

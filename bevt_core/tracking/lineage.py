@@ -2,6 +2,8 @@
 
 Every stage run carries
 
+- ``mlflow.source.name`` (``bevt STAGE``, or ``pipeline step STAGE`` for a KFP step) and
+  ``mlflow.source.type`` (LOCAL, JOB): MLflow's Source column;
 - ``mlflow.source.git.commit`` (and ``bevt.git_dirty``): ``$BEVT_GIT_REVISION`` (set in the
   images at build time), else ``git rev-parse HEAD`` of the checkout this package runs from,
   else ``unknown``;
@@ -37,31 +39,42 @@ MANIFEST = "manifest.parquet"
 GIT_ENV = "BEVT_GIT_REVISION"
 REPO = Path(__file__).resolve().parents[2]  # the checkout, when running from one
 
-# Each stage's input fields and what they are: "data" (a directory with a manifest.parquet written
-# by another stage), "list" (an input listing: hashed as a file), "file" (a file another stage
-# wrote, e.g. a checkpoint or a codebook: traced to its producer, not hashed; it can be GBs).
-STAGE_INPUTS: dict[str, dict[str, str]] = {
-    "shard": {"input": "list"},
-    "tokenize": {"input": "data", "codebook": "file", "weights": "file"},
-    "pretrain-image": {"images": "data", "image_tokens": "data"},
+
+@dataclass(frozen=True)
+class Input:
+    """One input field of a stage. ``kind``: "data" (a directory with a manifest.parquet written by another
+    stage), "list" (an input listing: hashed as a file) or "file" (a file another stage wrote, e.g. a
+    checkpoint or a codebook: traced to its producer, not hashed; it can be GBs). ``context``: what the run
+    does with a data or list input, as MLflow's dataset context (a file is not a dataset: "")."""
+
+    kind: str
+    context: str = ""
+
+
+PRODUCED_FILE = Input("file")
+STAGE_INPUTS: dict[str, dict[str, Input]] = {
+    "shard": {"input": Input("list", "source")},
+    "tokenize": {"input": Input("data", "source"), "codebook": PRODUCED_FILE, "weights": PRODUCED_FILE},
+    "pretrain-image": {"images": Input("data", "training"), "image_tokens": Input("data", "tokens")},
     "pretrain-joint": {
-        "videos": "data",
-        "video_tokens": "data",
-        "images": "data",
-        "image_tokens": "data",
-        "init": "file",
+        "videos": Input("data", "training"),
+        "video_tokens": Input("data", "tokens"),
+        "images": Input("data", "training"),
+        "image_tokens": Input("data", "tokens"),
+        "init": PRODUCED_FILE,
     },
-    "finetune": {"train": "data", "val": "data", "init": "file"},
-    "evaluate": {"weights": "file", "data": "data"},
+    "finetune": {"train": Input("data", "training"), "val": Input("data", "validation"), "init": PRODUCED_FILE},
+    "evaluate": {"weights": PRODUCED_FILE, "data": Input("data", "validation")},
 }
 
 
 @dataclass(frozen=True)
 class Record:
-    """Which MLflow run produced a stage's outputs."""
+    """Which MLflow run produced a stage's outputs, and the name of the dataset they are (shard, tokenize)."""
 
     run_id: str
     stage: str
+    dataset: str = ""
 
 
 def write_record(outputs: str, record: Record) -> None:
@@ -137,17 +150,20 @@ def stage_tags(stage: str, config: dict) -> dict[str, str]:
     """Every lineage tag of a ``stage`` run with the resolved ``config`` (a dict, as logged)."""
 
     commit, dirty = git_revision()
+    source = config.get("tracking", {}).get("source", "cli")
     tags = {
         "bevt.stage": stage,
+        "mlflow.source.name": f"bevt {stage}" if source == "cli" else f"pipeline step {stage}",
+        "mlflow.source.type": "LOCAL" if source == "cli" else "JOB",
         "bevt.run_label": config.get("tracking", {}).get("run_label", ""),
         "mlflow.source.git.commit": commit,
         "bevt.git_dirty": str(dirty).lower(),
         "bevt.config_sha256": config_sha256(config),
         "bevt.image": images.for_stage(stage),
     }
-    for name, kind in STAGE_INPUTS[stage].items():
+    for name, field in STAGE_INPUTS[stage].items():
         if config.get(name):
-            tags |= input_tags(name, kind, str(config[name]))
+            tags |= input_tags(name, field.kind, str(config[name]))
     upstream = sorted({v for k, v in tags.items() if k.startswith("bevt.upstream.")})
     tags["bevt.upstream_run_ids"] = ",".join(upstream)
     return tags
@@ -168,8 +184,8 @@ def _input_problem(kind: str, uri: str) -> str | None:
 
 def check_inputs(stage: str, config: dict) -> None:
     """Every input a ``stage`` run reads must be there before it starts: a ConfigError names the first that is not."""
-    for name, kind in STAGE_INPUTS.get(stage, {}).items():
+    for name, field in STAGE_INPUTS.get(stage, {}).items():
         if config.get(name):
-            problem = _input_problem(kind, str(config[name]))
+            problem = _input_problem(field.kind, str(config[name]))
             if problem:
                 raise ConfigError(f"{name}: {problem}")

@@ -40,8 +40,9 @@ KEY_METRICS = (
 )
 
 
-def open_run(uri: str, experiment: str, name: str, params: dict) -> str:
-    """Create the parent run (params: the pipeline's parameters; tags: the code revision)."""
+def open_run(uri: str, experiment: str, name: str, params: dict, command: str) -> str:
+    """Create the parent run (params: the pipeline's parameters; tags: the code revision, and the ``command``
+    that started it as its MLflow source)."""
     import mlflow
     from mlflow.entities import Param
 
@@ -54,7 +55,13 @@ def open_run(uri: str, experiment: str, name: str, params: dict) -> str:
     run_id = client.create_run(
         exp_id,
         run_name=name,
-        tags={"bevt.stage": "pipeline", "mlflow.source.git.commit": commit, "bevt.git_dirty": str(dirty).lower()},
+        tags={
+            "bevt.stage": "pipeline",
+            "mlflow.source.name": command,
+            "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": commit,
+            "bevt.git_dirty": str(dirty).lower(),
+        },
     ).info.run_id
     flat = [Param(k, v[:6000]) for k, v in flatten(params).items()]
     for i in range(0, len(flat), 100):

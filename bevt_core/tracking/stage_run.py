@@ -1,5 +1,5 @@
-"""One stage's MLflow run around the stage's work: its params, lineage tags, final status, and the producer
-record beside its outputs that lets the next stage name this run as its upstream
+"""One stage's MLflow run around the stage's work: its params, lineage tags, the datasets it read and wrote,
+its final status, and the producer record beside its outputs that lets the next stage name this run as its upstream
 (:mod:`bevt_core.tracking.lineage`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bevt_core.config import to_dict
-from bevt_core.tracking import lineage
+from bevt_core.tracking import datasets, lineage
 from bevt_core.tracking.tracker import Tracker, start
 
 
@@ -37,13 +37,17 @@ def stage_run(
     )
     if tracker.run_id:
         tracker.tags(lineage.stage_tags(stage, config))
+        tracker.datasets(datasets.stage_inputs(stage, config))
     status = "FAILED"
     try:
         yield tracker
         if not tracker.failed:
             status = "FINISHED"
             if tracker.run_id and outputs:
-                lineage.write_record(outputs, lineage.Record(tracker.run_id, stage))
+                name = datasets.output_name(stage, config, outputs)
+                lineage.write_record(outputs, lineage.Record(tracker.run_id, stage, name))
+                # MLflow logs datasets as a run's inputs only: what the stage wrote goes in as context "output".
+                tracker.datasets(datasets.stage_outputs(outputs))
     finally:
         if tracker.failed:
             tracker.tags({"bevt.failed": tracker.failed[:5000]})

@@ -89,6 +89,9 @@ class Tracker:
     def tags(self, values: dict[str, str]) -> None:
         pass
 
+    def datasets(self, inputs: list) -> None:
+        """Log MLflow ``DatasetInput``s (:mod:`bevt_core.tracking.datasets`)."""
+
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
@@ -168,6 +171,10 @@ class MlflowTracker(Tracker):
     def tags(self, values: dict[str, str]) -> None:
         for k, v in values.items():
             self.client.set_tag(self.run_id, k, v)
+
+    def datasets(self, inputs: list) -> None:
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._monitor is not None:

@@ -1,10 +1,11 @@
-"""The MLflow UI, opened in headless Chromium, lists the pipeline's stage runs.
+"""The MLflow UI, opened in headless Chromium, lists the pipeline's stage runs and their lineage.
 
 The pipeline is the tiny `bevt pipeline run-local` run tracked on the real MLflow server
 (``tracked_pipeline``): a user opens its experiment, expands the pipeline's parent run and sees
-every step's run nested under it, the finetune row naming its registered model. The screenshot is
-kept as a test artifact: in pytest's tmp dir (path printed) and at tests/artifacts/mlflow-ui.png
-(git-ignored).
+every step's run nested under it, the finetune row naming its registered model, its train and val
+datasets, every row its source; the Datasets filter finds the runs that used a dataset. The
+screenshots are kept as test artifacts: in pytest's tmp dir (paths printed) and at
+tests/artifacts/mlflow-ui.png and mlflow-ui-datasets.png (git-ignored).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def browser(chromium):
 
 
 def test_mlflow_ui_lists_the_pipelines_stage_runs(tracked_pipeline, mlflow_server, browser, tmp_path):
+    import mlflow
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     def page() -> str:
@@ -88,9 +91,56 @@ def test_mlflow_ui_lists_the_pipelines_stage_runs(tracked_pipeline, mlflow_serve
         assert table.split("\n").count(name) == count, (name, table)
     assert PIPELINE_MODEL in table  # the finetune run's registered model, in the Models column
 
-    shot = tmp_path / "mlflow-ui.png"
+    # Lineage in MLflow's own columns: the finetune row's Dataset cell names its train and val shards (name and
+    # digest), and every step's Source cell says what started it.
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
+    steps = client.search_runs(
+        [tracked_pipeline.experiment_id], f"tags.`mlflow.parentRunId` = '{tracked_pipeline.parent_run_id}'"
+    )
+    finetune = next(r for r in steps if r.info.run_name == "finetune scene")
+    used = {
+        {t.key: t.value for t in i.tags}["mlflow.data.context"]: f"{i.dataset.name} ({i.dataset.digest})"
+        for i in finetune.inputs.dataset_inputs
+    }
+    assert set(used) == {"training", "validation"}, used
+
+    def cell(run_id: str, column: str) -> str:
+        return browser.find_element(
+            By.XPATH, f"//div[@role='row'][@row-id='{run_id}']//div[@col-id='attributes.`{column}`']"
+        ).text
+
+    # One dataset per cell and "+1" until the rows are expanded to show them all.
+    toggle = browser.find_element(By.XPATH, "//button[normalize-space()='Expand rows']")
+    browser.execute_script("arguments[0].click()", toggle)
+    wait.until(lambda d: used["validation"] in cell(finetune.info.run_id, "Dataset"))
+    datasets = cell(finetune.info.run_id, "Dataset")
+    assert used["training"] in datasets and used["validation"] in datasets, datasets
+    for r in steps:
+        assert cell(r.info.run_id, "Source") == f"pipeline step {r.data.tags['bevt.stage']}", r.info.run_name
+    keep_screenshot(browser, tmp_path, "mlflow-ui.png")
+
+    # The Datasets filter, set to the finetune's training shards in both contexts it has: written (the shard run)
+    # and trained on (the finetune run). Exactly those two runs remain.
+    browser.execute_script("arguments[0].click()", browser.find_element(By.CSS_SELECTOR, FILTER))
+    name = used["training"].rsplit(" (", 1)[0]
+    options = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"[data-testid='dataset-dropdown-{name}']"))
+    for option in options:
+        option.click()
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    wait.until(lambda d: "2 matching runs" in page())
+    shown = {e.get_attribute("row-id") for e in browser.find_elements(By.CSS_SELECTOR, "div[role='row'][row-id]")}
+    producer = finetune.data.tags["bevt.upstream.train"]
+    assert shown == {finetune.info.run_id, producer}, (shown, page())
+    keep_screenshot(browser, tmp_path, "mlflow-ui-datasets.png")
+
+
+FILTER = "[data-testid='datasets-select-dropdown']"
+
+
+def keep_screenshot(browser, tmp_path, name: str) -> None:
+    shot = tmp_path / name
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
-    kept = REPO / "tests" / "artifacts" / "mlflow-ui.png"
+    kept = REPO / "tests" / "artifacts" / name
     kept.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, kept)
     print(f"screenshot of the MLflow UI: {shot} (copy: {kept})")

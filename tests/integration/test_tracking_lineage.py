@@ -61,6 +61,34 @@ def test_pipeline_lineage_on_a_tracking_server(tracked_pipeline, mlflow_server, 
         == joint.data.tags["bevt.input.images.manifest_sha256"]
     )
 
+    # The same lineage as MLflow datasets and source tags (the UI's Dataset and Source columns): the shard run
+    # shows its list as source and its shards as output, the finetune run those shards as training and validation
+    # data: one dataset (name, digest) whichever run logged it.
+    def used(run) -> dict[str, set[tuple[str, str]]]:
+        out: dict[str, set[tuple[str, str]]] = {}
+        for i in client.get_run(run.info.run_id).inputs.dataset_inputs:
+            context = {t.key: t.value for t in i.tags}["mlflow.data.context"]
+            out.setdefault(context, set()).add((i.dataset.name, i.dataset.digest))
+        return out
+
+    shard_scene = [used(r) for r in children if r.info.run_name == "shard scene"]
+    finetune_scene = used(one["finetune scene"])
+    assert all(set(u) == {"source", "output"} for u in shard_scene) and set(finetune_scene) == {
+        "training",
+        "validation",
+    }
+    assert finetune_scene["training"] | finetune_scene["validation"] == set().union(*(u["output"] for u in shard_scene))
+    ((_, digest),) = finetune_scene["training"]
+    assert one["finetune scene"].data.tags["bevt.input.train.manifest_sha256"].startswith(digest)
+    assert set(used(joint)) == {"training", "tokens"} and set(used(one["evaluate scene"])) == {"validation"}
+    for r in children:
+        assert r.data.tags["mlflow.source.type"] == "JOB", r.info.run_name
+        assert r.data.tags["mlflow.source.name"] == f"pipeline step {r.data.tags['bevt.stage']}", r.info.run_name
+    # The model version says where it comes from: its finetune run, the pretraining run, the data.
+    description = client.get_model_version(PIPELINE_MODEL, version.version).description
+    assert one["finetune scene"].info.run_id in description and joint.info.run_id in description, description
+    assert all(name in description for name, _ in finetune_scene["training"] | finetune_scene["validation"])
+
     # Params and metrics.
     assert joint.data.params["preset"] == "tiny" and joint.data.params["schedule.max_steps"] == "2"
     assert {"loss_video", "acc_video", "lr", "samples_per_s", "memory_gb"} <= set(joint.data.metrics)

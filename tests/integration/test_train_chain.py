@@ -94,6 +94,8 @@ def test_tiny_chain(data, tmp_path):
                 "image_tokens": str(data / "tok_image"),
                 "init": image.weights,
                 "frame_interval": 2,  # the shards keep every second frame
+                # 4 clips per update on this one rank: the recipe's 8 (the demo's two ranks) halves the updates, and
+                # the joint start's camera-motion bar below is set for the former (README: BEVT-mini).
                 "run": run_args(tmp_path / "joint") | {"global_batch": 4},
             },
         )

@@ -96,7 +96,7 @@ def test_pipeline_report_from_a_real_store(tmp_path):
     from bevt_core.tracking import tracker as tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent = pipeline.open_run(uri, "exp", "pipeline", {"recipe": "tiny"})
+    parent = pipeline.open_run(uri, "exp", "pipeline", {"recipe": "tiny"}, "bevt pipeline run-local")
     first = tracking.start(uri, None, "ignored", "shard", {"input": "x"}, True, parent_run_id=parent)
     first.metrics({"items": 10.0, "ok": 9.0}, 0)
     first.artifact_bytes("plots/rejects.png", plots.rejects_histogram({"corrupt": 1}, 10))
@@ -109,6 +109,7 @@ def test_pipeline_report_from_a_real_store(tmp_path):
     client = mlflow.MlflowClient(uri)
     run = client.get_run(parent)
     assert run.info.status == "FAILED"  # a stage failed
+    assert run.data.tags["mlflow.source.name"] == "bevt pipeline run-local"  # MLflow's Source column
     assert client.get_run(first.run_id).info.experiment_id == run.info.experiment_id  # nested in its experiment
     assert f"<td>shard ({first.run_id[:8]})</td><td>FINISHED</td>" in page
     assert f"<td>tokenize ({second.run_id[:8]})</td><td>FAILED</td>" in page
