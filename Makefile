@@ -41,3 +41,16 @@ bench: venv
 	.venv/bin/python -m tests.benchmarks.bench_views
 	.venv/bin/python -m tests.benchmarks.bench_cost
 	.venv/bin/python -m tests.benchmarks.report
+
+# A local Kubernetes cluster for the tests (tests/cluster.py): etcd, kube-apiserver, controller-manager,
+# scheduler, kwok's fake GPU/CPU nodes, the Kubeflow training operator v1 (PyTorchJob) and Trainer v2
+# with JobSet (TrainJob). Built from Go modules by k8s/cluster/build.sh into ~/.cache/bevt-cluster
+# (the first build takes about an hour on 2 cores, later ones seconds). Then:
+# KUBECONFIG=work/cluster/kubeconfig .venv/bin/kubectl get nodes. `make cluster-down` stops every process.
+.PHONY: cluster cluster-down
+cluster: venv
+	bash k8s/cluster/build.sh
+	.venv/bin/python -m tests.cluster up
+
+cluster-down:
+	.venv/bin/python -m tests.cluster down
