@@ -325,6 +325,22 @@ def _issue(
     return _Issued(key, cert)
 
 
+def _control_plane_flags(kubeconfig: Path, port: int, pki: Path) -> list[str]:
+    """What kube-controller-manager and kube-scheduler both need: one identity for the API and for
+    authenticating and authorizing their own endpoints, a loopback port, and no leader election."""
+    name = kubeconfig.stem
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--cert-dir={pki / f'{name}-generated'}",
+        "--leader-elect=false",
+        "--profiling=false",
+    ]
+
+
 def _kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
     path.write_text(
         yaml.safe_dump(
@@ -714,38 +730,19 @@ def _up(state: _State, bin_dir: Path, manifests: Path, gpu_nodes: int, cpu_nodes
 
     # kube-controller-manager (service-account tokens and the root CA for every namespace; the
     # Job, ReplicaSet, garbage-collector, PV binder... controllers) and kube-scheduler.
-    cm_kc = str(kubeconfigs["controller-manager"])
     controller_manager = launcher.start(
         "kube-controller-manager",
         [
-            f"--kubeconfig={cm_kc}",
-            f"--authentication-kubeconfig={cm_kc}",
-            f"--authorization-kubeconfig={cm_kc}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports['controller_manager']}",
-            f"--cert-dir={pki / 'controller-manager-generated'}",
-            "--leader-elect=false",
+            *_control_plane_flags(kubeconfigs["controller-manager"], ports["controller_manager"], pki),
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={ca_crt}",
             f"--cluster-signing-cert-file={ca_crt}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
-            "--profiling=false",
         ],
     )
-    sched_kc = str(kubeconfigs["scheduler"])
     scheduler = launcher.start(
-        "kube-scheduler",
-        [
-            f"--kubeconfig={sched_kc}",
-            f"--authentication-kubeconfig={sched_kc}",
-            f"--authorization-kubeconfig={sched_kc}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports['scheduler']}",
-            f"--cert-dir={pki / 'scheduler-generated'}",
-            "--leader-elect=false",
-            "--profiling=false",
-        ],
+        "kube-scheduler", _control_plane_flags(kubeconfigs["scheduler"], ports["scheduler"], pki)
     )
     cluster = Cluster(
         work_dir=work_dir,

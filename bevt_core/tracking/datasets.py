@@ -12,6 +12,7 @@ the manifest or the list.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Any
@@ -33,15 +34,16 @@ def name_of(uri: str) -> str:
     return "/".join(uri.rstrip("/").split("/")[-2:])
 
 
-def output_name(stage: str, config: dict, outputs: str) -> str:
+def output_name(stage: str, config: dict) -> str:
     """What a stage's output directory is called in MLflow: shards after their input list (``scene/train.txt``:
-    ``scene/train``), tokens after the shards they hold targets for (``scene/train tokens``). Pipeline outputs
-    live under task-named folders (``shard-3/shards``), which say nothing to a person."""
+    ``scene/train``), tokens after the shards they hold targets for (``scene/train tokens``); "" for the other
+    stages, whose outputs are no dataset. Pipeline outputs live under task-named folders (``shard-3/shards``),
+    which say nothing to a person."""
     if stage == "shard":
         return name_of(str(config["input"])).rsplit(".", 1)[0]
     if stage == "tokenize":
         return f"{name_of(str(config['input']))} tokens"
-    return name_of(outputs)
+    return ""
 
 
 def _manifest_profile(root: str) -> dict[str, int]:
@@ -73,7 +75,10 @@ def dataset(uri: str, kind: str) -> Any | None:
         if not storage.exists(uri):
             return None
         text = storage.read_bytes(uri)
-        digest, profile = lineage.sha256(uri), {"items": sum(1 for line in text.splitlines() if line.strip())}
+        digest, profile = (
+            hashlib.sha256(text).hexdigest(),
+            {"items": sum(1 for line in text.splitlines() if line.strip())},
+        )
     else:
         return None
     return Dataset(

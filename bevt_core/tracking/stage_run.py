@@ -44,7 +44,7 @@ def stage_run(
         if not tracker.failed:
             status = "FINISHED"
             if tracker.run_id and outputs:
-                name = datasets.output_name(stage, config, outputs)
+                name = datasets.output_name(stage, config)
                 lineage.write_record(outputs, lineage.Record(tracker.run_id, stage, name))
                 # MLflow logs datasets as a run's inputs only: what the stage wrote goes in as context "output".
                 tracker.datasets(datasets.stage_outputs(outputs))

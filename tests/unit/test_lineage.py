@@ -121,9 +121,10 @@ def test_datasets_name_what_a_run_read_and_wrote(where, tmp_path, request):
     assert source.tags[0].value == "source" and json.loads(source.dataset.profile) == {"items": 2}
     assert source.dataset.digest == hashlib.sha256(b"a.mp4 0\nb.mp4 1\n\n").hexdigest()[:16]
     # The producer's name for what it wrote wins over the location: shards are named after their list.
-    assert datasets.output_name("shard", {"input": listing}, train) == "lists/scene"
+    assert datasets.output_name("shard", {"input": listing}) == "lists/scene"
     lineage.write_record(train, lineage.Record("run-shard", "shard", "lists/scene"))
     assert datasets.stage_outputs(train)[0].dataset.name == "lists/scene"
-    assert datasets.output_name("tokenize", {"input": train}, storage.join(base, "tokens")) == "lists/scene tokens"
+    assert datasets.output_name("tokenize", {"input": train}) == "lists/scene tokens"
+    assert datasets.output_name("finetune", {"train": train}) == ""  # a work directory is no dataset
     # A directory without a manifest (an unfinished stage, a training work dir) names no dataset.
     assert datasets.stage_outputs(storage.join(base, "work")) == []
