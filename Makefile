@@ -45,7 +45,7 @@ bench: venv
 # A local Kubernetes cluster for the tests (tests/cluster.py): etcd, kube-apiserver, controller-manager,
 # scheduler, kwok's fake GPU/CPU nodes, the Kubeflow training operator v1 (PyTorchJob) and Trainer v2
 # with JobSet (TrainJob). Built from Go modules by k8s/cluster/build.sh into ~/.cache/bevt-cluster
-# (the first build takes about an hour on 2 cores, later ones seconds). Then:
+# (the first build takes about 12 minutes on 2 cores, later ones seconds). Then:
 # KUBECONFIG=work/cluster/kubeconfig .venv/bin/kubectl get nodes. `make cluster-down` stops every process.
 .PHONY: cluster cluster-down
 cluster: venv

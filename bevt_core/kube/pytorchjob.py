@@ -27,6 +27,7 @@ from typing import Any
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
 CONTAINER = "pytorch"  # the webhook requires this container name
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # the operator labels the job's pods and services with it
 PORT_NAME = "pytorchjob-port"  # the operator reads MASTER_PORT from the container port of this name
 DEFAULT_PORT = 23456
 MASTER, WORKER = "Master", "Worker"

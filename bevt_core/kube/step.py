@@ -35,6 +35,7 @@ class Placement:
     namespace: str = ""
     image: str = ""  # default: the stage's image from bevt_core.images
     timeout_s: float = 7 * 24 * 3600.0
+    stall_timeout_s: float = launcher.STALL_LIMIT_S  # a pod unschedulable (or uncreatable) this long fails the step
     cpu: str = "8"
     memory: str = "64Gi"
     shm_size: str = "16Gi"
@@ -94,7 +95,13 @@ def run_stage(
     if placement.mode == "local":
         launcher.run_local(args, placement.procs_per_node, placement.timeout_s)
     else:
-        launcher.launch(render(job_spec(stage, args, placement)), placement.namespace, placement.timeout_s, say=say)
+        launcher.launch(
+            render(job_spec(stage, args, placement)),
+            placement.namespace,
+            placement.timeout_s,
+            say=say,
+            stall_limit_s=placement.stall_timeout_s,
+        )
     return json.loads(storage.read_bytes(result_uri))
 
 
@@ -119,6 +126,7 @@ class TrainStep:
     namespace: str
     image: str
     timeout_s: float
+    stall_timeout_s: float
 
     @classmethod
     def pick(cls, arguments: dict[str, Any]) -> TrainStep:
@@ -148,6 +156,7 @@ class TrainStep:
                 namespace=self.namespace,
                 image=self.image,
                 timeout_s=self.timeout_s,
+                stall_timeout_s=self.stall_timeout_s,
             ),
         )
         kfp_io.record_weights(model, result["weights"])

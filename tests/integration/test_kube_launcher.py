@@ -27,6 +27,7 @@ from tests.services import free_port
 
 JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/(?P<ns>[^/]+)/pytorchjobs(?:/(?P<name>[^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods(?:/(?P<pod>[^/]+)/log)?$")
+EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
 
 
 def condition(kind: str, message: str = "") -> dict:
@@ -47,6 +48,7 @@ class FakeKube:
         self.statuses, self.master_log, self.failing_gets = statuses, master_log, failing_gets
         self.requests: list[tuple[str, str, dict | None]] = []
         self.jobs: dict[str, dict] = {}
+        self.events: list[dict] = []
         self.gets = 0
         fake = self
 
@@ -85,6 +87,8 @@ class FakeKube:
                     return self._reply(200, fake.jobs[m["name"]] | {"status": status})
                 if m and self.command == "DELETE":
                     return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                if EVENTS.match(url.path):
+                    return self._reply(200, {"kind": "EventList", "apiVersion": "v1", "items": fake.events})
                 if p and p["pod"] is None:
                     selector = parse_qs(url.query)["labelSelector"][0]
                     name = selector.split(",")[0].split("=")[1]
@@ -115,7 +119,10 @@ class FakeKube:
         return config
 
     def methods(self) -> list[str]:
-        return [f"{m} {urlparse(p).path.rsplit('/', 1)[-1]}" for m, p, _ in self.requests]
+        """The requests on PyTorchJobs (not the pods and events the launcher also reads)."""
+        return [
+            f"{m} {urlparse(p).path.rsplit('/', 1)[-1]}" for m, p, _ in self.requests if JOBS.match(urlparse(p).path)
+        ]
 
 
 def job_spec(**kw) -> pj.JobSpec:
@@ -139,15 +146,16 @@ RUNNING = {
 }
 
 
-def run(fake: FakeKube, timeout_s: float = 30) -> tuple[launcher.LaunchResult, list[str]]:
+def run(fake: FakeKube, timeout_s: float = 30, namespace: str = "ml", **kw) -> tuple[launcher.LaunchResult, list[str]]:
     said: list[str] = []
     result = launcher.launch(
         pj.render(job_spec()),
-        "ml",
+        namespace,
         timeout_s=timeout_s,
         poll_s=0.05,
         client_configuration=fake.configuration(),
         say=said.append,
+        **kw,
     )
     return result, said
 
@@ -197,7 +205,7 @@ def test_failure_raises_with_the_operator_message_and_the_master_log_and_cleans_
     assert fake.methods()[-1] == "DELETE bevt-joint-abc"
     pods = [p for m, p, _ in fake.requests if "/pods" in p]
     assert "labelSelector=training.kubeflow.org%2Fjob-name%3Dbevt-joint-abc" in pods[0]
-    assert pods[1].startswith("/api/v1/namespaces/ml/pods/bevt-joint-abc-master-0/log?container=pytorch")
+    assert pods[-1].startswith("/api/v1/namespaces/ml/pods/bevt-joint-abc-master-0/log?container=pytorch")
 
 
 def test_timeout_deletes_the_job_and_raises():
@@ -207,6 +215,28 @@ def test_timeout_deletes_the_job_and_raises():
     ):
         run(fake, timeout_s=0.3)
     assert fake.gets >= 3 and fake.methods()[-1] == "DELETE bevt-joint-abc"
+
+
+def test_a_job_whose_pods_cannot_be_created_fails_after_the_stall_limit_and_is_deleted():
+    """The operator's FailedCreatePod event (here: a quota) is the stall; the real cluster test
+    covers the unschedulable pod (test_kube_cluster.py)."""
+    quota = 'pods "bevt-joint-abc-master-0" is forbidden: exceeded quota: gpus, requested: nvidia.com/gpu=8'
+    with FakeKube([{"conditions": [condition("Created")]}]) as fake:
+        fake.events = [
+            {
+                "metadata": {"name": "bevt-joint-abc.1"},
+                "involvedObject": {"kind": "PyTorchJob", "name": "bevt-joint-abc"},
+                "reason": "FailedCreatePod",
+                "message": quota,
+            }
+        ]
+        start = time.monotonic()
+        with pytest.raises(launcher.JobStalled, match=r"cannot start: FailedCreatePod for \d+ s .limit 0 s.: pods"):
+            run(fake, timeout_s=60, stall_limit_s=0.3)
+        assert time.monotonic() - start < 10
+    assert fake.methods()[-1] == "DELETE bevt-joint-abc"
+    events = [p for m, p, _ in fake.requests if p.startswith("/api/v1/namespaces/ml/events")]
+    assert "fieldSelector=involvedObject.kind%3DPyTorchJob%2CinvolvedObject.name%3Dbevt-joint-abc" in events[0]
 
 
 def test_status_read_errors_are_survived_then_given_up_on():
@@ -302,14 +332,7 @@ def test_local_torchrun_ranks_failure_and_timeout(tmp_path, how):
 def test_without_a_namespace_the_launcher_uses_its_own():
     # No service-account namespace file and no kubeconfig here: TrainingClient's default is "default".
     with FakeKube([{"conditions": [condition("Succeeded")]}]) as fake:
-        result = launcher.launch(
-            pj.render(job_spec()),
-            "",
-            timeout_s=5,
-            poll_s=0.05,
-            client_configuration=fake.configuration(),
-            say=lambda s: None,
-        )
+        result, _ = run(fake, timeout_s=5, namespace="")
     assert result.namespace == "default"
     assert fake.requests[0][1] == "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
 
