@@ -27,6 +27,9 @@ from typing import Any
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
 CONTAINER = "pytorch"  # the webhook requires this container name
+# Kubeflow profile namespaces inject an Istio sidecar into every pod; a sidecar never exits, so a
+# training pod with one never completes and its job never finishes (the operator's docs say so).
+POD_ANNOTATIONS = (("sidecar.istio.io/inject", "false"),)
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # the operator labels the job's pods and services with it
 PORT_NAME = "pytorchjob-port"  # the operator reads MASTER_PORT from the container port of this name
 DEFAULT_PORT = 23456
@@ -190,7 +193,7 @@ def _pod_template(spec: JobSpec, replica_type: str):
     ]
     labels = dict(spec.labels) | {"app.kubernetes.io/part-of": "bevt", "bevt/replica-type": replica_type.lower()}
     return k.V1PodTemplateSpec(
-        metadata=k.V1ObjectMeta(labels=labels),
+        metadata=k.V1ObjectMeta(labels=labels, annotations=dict(POD_ANNOTATIONS)),
         spec=k.V1PodSpec(
             containers=[_container(spec)],
             volumes=volumes,

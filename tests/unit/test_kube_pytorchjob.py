@@ -74,6 +74,8 @@ def test_manifest_has_master_workers_resources_volumes_and_secret_refs():
     assert {t: r["replicas"] for t, r in s["pytorchReplicaSpecs"].items()} == {"Master": 1, "Worker": 3}
     for r in s["pytorchReplicaSpecs"].values():
         assert r["restartPolicy"] == "OnFailure"
+        # Istio's sidecar (Kubeflow profile namespaces) would keep every pod, and so the job, running.
+        assert r["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
         pod = r["template"]["spec"]
         (c,) = pod["containers"]
         assert c["name"] == "pytorch" and c["command"] == ["torchrun"] and c["args"] == list(ARGS)
