@@ -1,16 +1,20 @@
 """Multi-view testing of the finetuned recognizer (``bevt evaluate``): top-1/top-5 as Metrics, the
-confusion matrix as ClassificationMetrics, an HTML report with the confusion plot."""
+confusion matrix as ClassificationMetrics, an HTML report with the confusion plot.
+
+``weights`` is the one file it needs of the finetune step's work directory (its ``weights_location``) and
+``data`` the validation shards' location: neither is an input artifact, so KFP copies nothing into the pod
+first (bevt_core/kube/kfp_io.py). The results go straight to the ``results`` artifact's URI."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Metrics, Output
 
 from bevt_core.images import for_stage
 
 
 @dsl.component(base_image=for_stage("evaluate"), install_kfp_package=False)
 def evaluate(
-    model: Input[Model],
-    data: Input[Dataset],
+    weights: str,
+    data: str,
     results: Output[Artifact],
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
@@ -28,9 +32,7 @@ def evaluate(
     from bevt_core.kube import kfp_io
     from bevt_core.stages import evaluate as stage
 
-    cfg = kfp_io.stage_config(
-        stage.EvaluateConfig, locals(), weights=kfp_io.weights(model), data=data.path, output=results.path
-    )
+    cfg = kfp_io.stage_config(stage.EvaluateConfig, locals(), output=kfp_io.uri(results))
     result = stage.run(cfg)
     kfp_io.publish(result, metrics, report, f"evaluate {run_label}")
     scores = json.loads(storage.read_bytes(result.files["metrics"]))

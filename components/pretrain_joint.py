@@ -1,25 +1,32 @@
 """BEVT joint (video + image) pretraining, distributed (``bevt pretrain-joint`` under torchrun).
 
-``mode="kubernetes"``: this step renders, creates and watches a PyTorchJob of ``nodes`` nodes with
-``gpus_per_node`` GPUs and deletes it afterwards (it needs the bevt-launcher RBAC of k8s/base);
-the pods read and write the artifacts' object-store URIs directly. ``mode="local"``: torchrun on
-this machine with ``procs_per_node`` processes, same command.
+``mode="kubernetes"``: this step renders, creates and watches a training job of ``nodes`` nodes with
+``gpus_per_node`` GPUs, a PyTorchJob or a TrainJob (``backend``: auto takes what the cluster serves), and
+deletes it afterwards. Its service account needs the rules of k8s/launcher-role (a Kubeflow profile's
+default-editor has them; README "Running on Kubeflow").
+``mode="local"``: torchrun on this machine with ``procs_per_node`` processes, same command.
+
+The step only hands locations over: its inputs are the shard, tokenize and pretrain-image steps'
+``*_location`` parameters, never artifacts, so KFP copies none of the corpus into this small pod
+(bevt_core/kube/kfp_io.py); the ranks read them from the object store themselves. Its weights' location
+leaves as a one-line artifact, ``weights_location``, for the finetune loop (kfp_io.handed_over says why).
 """
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Artifact, Markdown, Metrics, Model, Output
 
 from bevt_core.images import for_stage
 
 
 @dsl.component(base_image=for_stage("launcher"), install_kfp_package=False)
 def pretrain_joint(
-    videos: Input[Dataset],
-    video_tokens: Input[Dataset],
-    images: Input[Dataset],
-    image_tokens: Input[Dataset],
-    init: Input[Model],
+    videos: str,
+    video_tokens: str,
+    images: str,
+    image_tokens: str,
+    init: str,
     model: Output[Model],
+    weights_location: Output[Artifact],
     metrics: Output[Metrics],
     report: Output[Markdown],
     preset: str = "swin-b",
@@ -38,23 +45,17 @@ def pretrain_joint(
     image: str = "",
     timeout_s: float = 604800.0,
     stall_timeout_s: float = 1200.0,
+    backend: str = "auto",
+    queue_name: str = "",
+    volcano_queue: str = "",
     parent_run_id: str = "",
     run_label: str = "",
 ):
+    """``init``: the image-stream weights (pretrain-image's ``weights_location``)."""
+    from bevt_core.kube import kfp_io
     from bevt_core.kube.step import TrainStep
 
     step = TrainStep.pick(locals())
-    step.run(
-        "pretrain-joint",
-        {
-            "videos": step.location(videos),
-            "video_tokens": step.location(video_tokens),
-            "images": step.location(images),
-            "image_tokens": step.location(image_tokens),
-            "init": step.weights(init),
-            "preset": preset,
-        },
-        model,
-        metrics,
-        report,
-    )
+    inputs = {"videos": videos, "video_tokens": video_tokens, "images": images, "image_tokens": image_tokens}
+    step.run("pretrain-joint", inputs | {"init": init, "preset": preset}, model, metrics, report)
+    kfp_io.hand_over(weights_location.path, kfp_io.weights_uri(model))

@@ -1,4 +1,7 @@
-"""Shard videos or images into WebDataset tars with a manifest (``bevt shard``)."""
+"""Shard videos or images into WebDataset tars with a manifest (``bevt shard``).
+
+The shards go straight to the ``shards`` artifact's URI; ``shards_location`` hands that location to the
+steps that read them (bevt_core/kube/kfp_io.py says why no step takes a dataset artifact as input)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Markdown, Metrics, Output
@@ -11,6 +14,7 @@ def shard(
     input_list: str,
     root: str,
     shards: Output[Dataset],
+    shards_location: dsl.OutputPath(str),
     metrics: Output[Metrics],
     report: Output[Markdown],
     modality: str = "video",
@@ -27,5 +31,7 @@ def shard(
     from bevt_core.kube import kfp_io
     from bevt_core.stages import shard as stage
 
-    cfg = kfp_io.stage_config(stage.ShardConfig, locals(), input=input_list, output=shards.path, progress=False)
+    output = kfp_io.uri(shards)
+    cfg = kfp_io.stage_config(stage.ShardConfig, locals(), input=input_list, output=output, progress=False)
     kfp_io.publish(stage.run(cfg), metrics, report, f"shard {run_label}")
+    kfp_io.hand_over(shards_location, output)

@@ -1,10 +1,12 @@
 """``bevt pipeline compile|submit|run-local``: the BEVT KFP pipeline from the command line.
 
 The pipeline's parameters are :class:`~pipelines.params.PipelineParams` (``--params.recipe tiny``, a YAML
-``params:`` block), the very fields of the pipeline function. ``compile`` writes the IR YAML; ``submit`` compiles
-and starts a run on a KFP server with ``kfp.Client`` (bearer token or session cookie);
-``run-local`` runs the whole pipeline here with KFP's local runner, the distributed steps as
-torchrun on this machine.
+``params:`` block), the very fields of the pipeline function. ``compile`` writes the IR YAML; ``submit``
+checks that the server's KFP release has what the pipeline relies on and that the cluster serves the training
+job kind asked for (pipelines/backend.py), compiles, and starts a run with ``kfp.Client`` (bearer token or
+session cookie); ``run-local`` runs the whole pipeline here with KFP's local runner, the distributed steps as
+torchrun on this machine. The finetune loop's parallelism is fixed at compile time, so it is a setting of these
+actions rather than a pipeline parameter.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bevt_core.config import option, to_dict
+from bevt_core.config import at_least, option, to_dict
 from pipelines.params import PipelineParams
 
 ACTIONS = ("compile", "submit", "run-local")
@@ -44,12 +46,32 @@ class PipelineConfig:
         "fronted clusters; default: $KF_PIPELINES_COOKIE.",
     )
     service_account: str = option(
-        "", help="submit: Kubernetes service account of the run's pods (bind it to k8s/base's bevt-launcher Role)."
+        "",
+        help="submit: Kubernetes service account of the run's pods (default: KFP's, e.g. a profile's "
+        "default-editor; it needs the rules of k8s/launcher-role: README 'Running on Kubeflow').",
+    )
+    kubeconfig: str = option(
+        "",
+        help="submit: kubeconfig of the cluster the run goes to; submit checks that it serves "
+        "params.training_backend before starting the run. Default: $KUBECONFIG or ~/.kube/config "
+        "where there is one, else not checked.",
     )
     pipeline_root: str = option(
         "", help="submit / run-local: where artifacts go (s3://... / a folder; run-local default: a temporary folder)."
     )
     caching: bool = option(True, help="Reuse the outputs of steps already run with the same inputs.")
+    finetune_parallelism: int = option(
+        1,
+        help="Finetune tasks the loop runs at a time (0: all at once). KFP fixes it when it compiles the "
+        "pipeline, so it is a setting of compile, submit and run-local, not a run parameter.",
+        check=at_least(0),
+    )
+    check_backend: bool = option(
+        True,
+        help="submit: refuse a KFP backend older than the pipeline needs (pipelines/backend.py), when its "
+        "healthz endpoint tells the version, and a cluster without the training job kind asked for; "
+        "--no-check-backend: submit anyway.",
+    )
 
     def check(self) -> str | None:
         if self.action in ("submit", "run-local") and self.params is None:
@@ -59,28 +81,36 @@ class PipelineConfig:
         return None
 
 
-def compile_pipeline(output: str) -> str:
+def compile_pipeline(output: str, finetune_parallelism: int) -> str:
     from kfp import compiler
 
-    compiler.Compiler().compile(_pipeline(), output)
+    compiler.Compiler().compile(_pipeline(finetune_parallelism), output)
     return output
 
 
-def _pipeline():
+def _pipeline(finetune_parallelism: int):
     # Imported when used: `bevt pipeline --help` needs neither kfp nor the components.
     from pipelines.bevt import bevt_pipeline
 
-    return bevt_pipeline
+    return bevt_pipeline(finetune_parallelism)
 
 
 def arguments(params: PipelineParams) -> dict[str, Any]:
     return to_dict(params)
 
 
-def submit(cfg: PipelineConfig) -> Any:
+@dataclass
+class Submitted:
+    run_id: str
+    backend: str  # what is known of the KFP backend's version
+
+
+def submit(cfg: PipelineConfig) -> Submitted:
     import os
 
     import kfp
+
+    from pipelines import backend
 
     client = kfp.Client(
         host=cfg.host,
@@ -88,10 +118,17 @@ def submit(cfg: PipelineConfig) -> Any:
         existing_token=cfg.token or os.environ.get("KF_PIPELINES_TOKEN") or None,
         cookies=cfg.cookie or os.environ.get("KF_PIPELINES_COOKIE") or None,
     )
+    if cfg.check_backend:
+        version = backend.read_version(client)
+        backend.check(version, cfg.host)
+        known = f"KFP backend {version}" if version else "KFP backend version not reported, not checked"
+        known += "; " + backend.check_training_jobs(cfg.kubeconfig, cfg.params.training_backend)
+    else:
+        known = "KFP backend and training backend not checked"
     with tempfile.TemporaryDirectory() as tmp:
-        package = set_caching(compile_pipeline(str(Path(tmp) / "bevt-pipeline.yaml")), cfg.caching)
-        return client.create_run_from_pipeline_package(
-            package,
+        compiled = compile_pipeline(str(Path(tmp) / "bevt-pipeline.yaml"), cfg.finetune_parallelism)
+        run = client.create_run_from_pipeline_package(
+            set_caching(compiled, cfg.caching),
             arguments=arguments(cfg.params),
             run_name=cfg.run_name or None,
             experiment_name=cfg.experiment,
@@ -99,6 +136,7 @@ def submit(cfg: PipelineConfig) -> Any:
             pipeline_root=cfg.pipeline_root or None,
             service_account=cfg.service_account or None,
         )
+    return Submitted(run.run_id, known)
 
 
 def pipeline_dags(spec: dict) -> list[dict]:
@@ -118,14 +156,14 @@ def set_caching(package: str, enabled: bool) -> str:
     return package
 
 
-def _run_pipeline(arguments: dict[str, Any]) -> None:
+def _run_pipeline(finetune_parallelism: int, arguments: dict[str, Any]) -> None:
     """The pipeline on KFP's local runner. The runner swaps ``print`` for an indenting one around each task and
     puts its own back after; two tasks of a ParallelFor running at once can leave the indenting one behind."""
     import builtins
 
     original = builtins.print
     try:
-        _pipeline()(**arguments)
+        _pipeline(finetune_parallelism)(**arguments)
     finally:
         builtins.print = original
 
@@ -158,7 +196,7 @@ def run_local(cfg: PipelineConfig) -> LocalRun:
     # One store for every step (auto would give each training step its own SQLite file).
     uri = resolve_uri(cfg.params.tracking_uri, root)
     if not uri:
-        _run_pipeline(args)
+        _run_pipeline(cfg.finetune_parallelism, args)
         return LocalRun(root)
     if cfg.params.parent_run_id:
         parent = report.reopen_run(uri, cfg.params.parent_run_id)
@@ -168,7 +206,7 @@ def run_local(cfg: PipelineConfig) -> LocalRun:
     started = time.time()
     failed = True
     try:
-        _run_pipeline(args)
+        _run_pipeline(cfg.finetune_parallelism, args)
         failed = False
     finally:
         page = report.close_run(uri, parent, failed, since=started)
@@ -188,10 +226,10 @@ class PipelineResult:
 
 def run(cfg: PipelineConfig) -> PipelineResult:
     if cfg.action == "compile":
-        return PipelineResult("compile", f"wrote {compile_pipeline(cfg.output)}")
+        return PipelineResult("compile", f"wrote {compile_pipeline(cfg.output, cfg.finetune_parallelism)}")
     if cfg.action == "submit":
         r = submit(cfg)
-        return PipelineResult("submit", f"run {r.run_id} started on {cfg.host}")
+        return PipelineResult("submit", f"run {r.run_id} started on {cfg.host} ({r.backend})")
     done = run_local(cfg)
     if not done.tracking_uri:
         return PipelineResult("run-local", f"finished; outputs under {done.root}")

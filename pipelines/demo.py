@@ -141,6 +141,7 @@ def pipeline_config(cfg: DemoConfig, data: SampleData, work: Path, tracking_uri:
             "pipeline_root": str(work / "kfp"),
             "experiment": EXPERIMENT,
             "run_name": "demo",
+            "finetune_parallelism": 0,  # the two tasks side by side (see `processes`)
         },
     )
 

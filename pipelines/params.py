@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bevt_core.config import at_least, is_required, non_empty, option
+from bevt_core.kube import backends
 from bevt_core.recipes import PRETRAIN_JOINT
 
 
@@ -84,30 +85,45 @@ class PipelineParams:
     max_steps: int = option(
         0, help="Stop every training stage after this many steps (0: all epochs).", check=at_least(0)
     )
-    nodes: int = option(1, help="Nodes of the pretrain-joint PyTorchJob.", check=at_least(1))
+    nodes: int = option(1, help="Nodes of the pretrain-joint training job.", check=at_least(1))
     min_nodes: int = option(
         0,
         help="> 0: pretrain-joint is elastic (torchrun c10d rendezvous) between this many nodes and `nodes`.",
         check=at_least(0),
     )
-    finetune_nodes: int = option(1, help="Nodes of the finetune PyTorchJob.", check=at_least(1))
-    gpus_per_node: int = option(8, help="GPUs per node of the PyTorchJobs (one rank each).", check=at_least(0))
+    finetune_nodes: int = option(1, help="Nodes of each finetune training job.", check=at_least(1))
+    gpus_per_node: int = option(8, help="GPUs per node of the training jobs (one rank each).", check=at_least(0))
     procs_per_node: int = option(
         1, help="Ranks per node of pretrain-joint without GPUs (run-local: processes).", check=at_least(1)
     )
     finetune_procs_per_node: int = option(
         1,
-        help="Ranks per node of each finetune step without GPUs (run-local: "
-        "processes; the tasks' finetunes already run side by side).",
+        help="Ranks per node of each finetune step without GPUs (run-local: processes; "
+        "with finetune_parallelism other than 1, the tasks' finetunes run side by side).",
         check=at_least(1),
     )
     distributed_mode: str = option(
         "kubernetes",
-        help="How the distributed steps run: a PyTorchJob, or torchrun in the step's own container.",
+        help="How the distributed steps run: a training job on the cluster, or torchrun in the step's own container.",
         choices=("kubernetes", "local"),
     )
-    namespace: str = option("", help="Namespace of the PyTorchJobs (default: the launcher's).")
-    trainer_image: str = option("", help="Image of the PyTorchJobs (default: bevt_core.images).")
+    training_backend: str = option(
+        "auto",
+        help="Kind of the distributed steps' jobs: pytorchjob (Kubeflow training operator v1), trainjob "
+        "(Kubeflow Trainer v2), or auto: what the cluster serves, PyTorchJob where it has both.",
+        choices=backends.CHOICES,
+    )
+    queue_name: str = option("", help="Kueue LocalQueue of the training jobs (gang admission: all replicas or none).")
+    volcano_queue: str = option(
+        "", help="Volcano queue of the PyTorchJobs (gang scheduling; the operator runs with Volcano)."
+    )
+    stall_timeout_s: float = option(
+        1200.0,
+        help="Fail a distributed step whose pods stay unschedulable or uncreatable this long (seconds).",
+        check=at_least(1.0),
+    )
+    namespace: str = option("", help="Namespace of the training jobs (default: the launcher's).")
+    trainer_image: str = option("", help="Image of the training jobs (default: bevt_core.images).")
     tracking_uri: str = option(
         "auto",
         help="MLflow tracking URI of every stage (k8s: http://bevt-mlflow:5000; "

@@ -18,6 +18,17 @@ from pathlib import Path
 VENV_BIN = Path(sys.executable).parent
 
 
+def apt_install(packages: list[str]) -> None:
+    """Install Debian packages (as root), refreshing the package lists when the first try fails.
+    A failed install fails the test that needs them: those checks are part of the suite."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:  # package lists missing or stale
+        subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
+        done = subprocess.run(install, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"apt-get install {' '.join(packages)} failed:\n{done.stderr[-3000:]}"
+
+
 def free_port(also_free_at: int = 0) -> int:
     """A free TCP port on 127.0.0.1; with ``also_free_at`` the port that far above it is free too
     (SeaweedFS puts each gRPC port at its http port + 10000)."""

@@ -1,4 +1,18 @@
-"""What every KFP component does around its stage call: locate artifacts, publish the result.
+"""What every KFP component does around its stage call: locate artifacts, hand locations on, publish the result.
+
+Data moves between steps by location, not through KFP. KFP's launcher downloads every input artifact of a
+step into the pod before the step's code runs, whether the code reads it or not (backend/src/v2/component/
+launcher_v2.go, ``downloadArtifacts``: "TODO: Selectively copy artifacts for which .path was actually
+specified"; kubeflow/pipelines#5672), and uploads an output artifact from the pod's disk only after the step
+ends. For a corpus that is the whole dataset through a 1-CPU launcher pod's ephemeral storage, and a retried
+step starting over on an empty disk. So a step writes its Dataset or Model straight to the artifact's
+object-store URI (:func:`uri`; the launcher finds no local copy and uploads nothing, which it allows:
+"We allow components to not produce output files"), and hands that location to the next steps as an output
+*parameter* (:func:`hand_over`); a consumer takes locations as ``str`` parameters and has no input artifact
+for KFP to copy. The one exception is a one-line location artifact (:func:`handed_over`), where KFP's local
+runner cannot pass a parameter. The stages read and write ``s3://`` themselves (bevt_core.storage). Under
+KFP's local runner an artifact's URI is its local folder (``.uri`` and ``.path`` are the same string), so
+there nothing changes.
 
 Duck-typed over KFP's artifact objects (``.path``, ``.uri``, ``.metadata``, ``log_metric``), so
 this module imports nothing from kfp and the components stay a few lines each.
@@ -19,14 +33,40 @@ WEIGHTS = "weights"  # Model artifact metadata: the weights file, relative to th
 PLAIN = (str, int, float, bool, list, dict)  # the types of a component's parameters (KFP's, not artifacts)
 
 
+def uri(artifact: Any) -> str:
+    """Where ``artifact``'s contents live: its object-store URI (KFP on MinIO/SeaweedFS names it
+    ``minio://bucket/key``: the same object over the S3 API); under KFP's local runner, its local folder."""
+    where = artifact.uri
+    return "s3://" + where[len("minio://") :] if where.startswith("minio://") else where
+
+
 def location(artifact: Any, mode: str = "local") -> str:
-    """Where a stage reads or writes ``artifact``: its local path (the KFP launcher moves the bytes),
-    or, for a PyTorchJob whose pods cannot see this pod's files, the object-store URI itself
-    (KFP on MinIO/SeaweedFS names it ``minio://bucket/key``: the same object over the S3 API)."""
-    if mode == "local":
-        return artifact.path
-    uri = artifact.uri
-    return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
+    """Where a distributed stage writes ``artifact``: torchrun in this pod writes its local path (the KFP
+    launcher uploads it afterwards), a PyTorchJob's pods, which cannot see this pod's files, the URI itself."""
+    return artifact.path if mode == "local" else uri(artifact)
+
+
+def hand_over(path: str, location: str) -> None:
+    """Write ``location`` into ``path``: a component's ``dsl.OutputPath(str)`` file, the output parameter that
+    tells the next steps where the data is (module docstring), or a location artifact's file
+    (:func:`handed_over`). KFP's executor has made its folder."""
+    with open(path, "w") as f:
+        f.write(location)
+
+
+def weights_uri(model: Any) -> str:
+    """The weights file of a Model artifact whose weights :func:`record_weights` noted, where it is once the
+    step has ended (a local copy is uploaded to the URI by then)."""
+    return storage.join(uri(model), model.metadata[WEIGHTS])
+
+
+def handed_over(artifact: Any) -> str:
+    """The location a one-line location artifact holds: how a location enters the finetune loop, because KFP's
+    local runner (kfp 2.17) gives a ParallelFor body the loop item in place of every upstream output
+    parameter (kfp/local/orchestrator/task_spec_utils.py, ``create_parameter_loop_iteration_task_spec``).
+    KFP downloads this artifact, a few bytes, and nothing else."""
+    with open(artifact.path) as f:
+        return f.read()
 
 
 def tracking_section(parameters: dict[str, Any]) -> dict[str, str]:
@@ -64,11 +104,6 @@ def stage_config(cls: type, parameters: dict[str, Any], **fields: Any) -> Any:
     # Artifacts (a step's `model` output, its `data` input) are objects: only plain parameters are config values.
     values = {name: value for name, value in parameters.items() if name in names and isinstance(value, PLAIN)}
     return from_dict(cls, values | {"tracking": tracking_section(parameters)} | fields)
-
-
-def weights(model: Any, mode: str = "local") -> str:
-    """The weights file inside a Model artifact a training component wrote."""
-    return storage.join(location(model, mode), model.metadata[WEIGHTS])
 
 
 def record_weights(model: Any, weights_uri: str) -> None:

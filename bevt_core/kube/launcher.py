@@ -1,21 +1,25 @@
-"""Run a distributed stage: as a PyTorchJob on the cluster, or as ``torchrun`` on this machine.
+"""Run a distributed stage: as a training job on the cluster, or as ``torchrun`` on this machine.
 
 Both run the same command, ``torchrun -m bevt_core.cli STAGE --config URI``, and torchrun is told
-the topology only through ``PET_*`` variables: on the cluster the training operator sets them
-(see :func:`bevt_core.kube.pytorchjob.replica_env`), locally :func:`run_local` does.
+the topology only through ``PET_*`` variables: on the cluster the training operator (PyTorchJob)
+or Trainer's torch plugin (TrainJob) sets them (see :func:`bevt_core.kube.pytorchjob.replica_env`
+and :mod:`bevt_core.kube.trainjob`), locally :func:`run_local` does.
 
-:func:`launch` creates the job through the kubeflow-training SDK, reports each change of its
-state and replica counts, returns on ``Succeeded``, raises :class:`JobFailed` (with the
-operator's message and the tail of the master's log) on ``Failed``, raises :class:`JobStalled`
-when a pod cannot be scheduled, or the operator cannot create one, for longer than the stall limit
-(with the scheduler's or operator's message), raises :class:`JobTimeout` past its deadline, and
-deletes the job in every case (pods go with it) unless asked to keep it.
-The Kubernetes client is only constructed inside, so importing this needs no cluster.
+:func:`launch` creates the job (a PyTorchJob or TrainJob manifest) through the API server, reports
+each change of its state and replica counts, returns on success, raises :class:`JobFailed` (with
+the job's message and the tail of the failing replica's log) on failure, raises
+:class:`JobStalled` when a pod cannot be scheduled, or cannot be created, for longer than the
+stall limit (with the scheduler's or controller's message), raises :class:`JobTimeout` past its
+deadline, and deletes the job in every case (pods go with it) unless asked to keep it. Run inside
+a pod (a KFP launcher step), it makes that pod the job's owner, so a launcher killed without a
+chance to clean up still takes its job, and the GPUs, with it. The Kubernetes client is only
+constructed inside, so importing this needs no cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -23,24 +27,29 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bevt_core.kube.pytorchjob import JOB_NAME_LABEL, to_dict, validate
+from bevt_core.kube import backends
+from bevt_core.kube.pytorchjob import validate
 
-LOG_TAIL = 40  # lines of the master's log quoted in a failure
+LOG_TAIL = 40  # lines of the failing replica's log quoted in a failure
+STOP_GRACE_S = 30.0  # a timed-out local torchrun gets this long to stop its ranks
+MAX_POLL_ERRORS = 10  # consecutive failed status reads before the launcher gives up on the API server
 # How long a pod may stay unschedulable (or uncreatable) before the launcher gives up: long enough
 # for a cluster autoscaler to add a GPU node, short enough that a job asking for what the cluster
 # does not have fails the same hour, not after the days-long training timeout.
 STALL_LIMIT_S = 20 * 60.0
-STALL_REASONS = ("FailedCreate", "FailedCreatePod", "FailedCreateService")  # the operator's events
-STOP_GRACE_S = 30.0  # a timed-out local torchrun gets this long to stop its ranks
-MAX_POLL_ERRORS = 10  # consecutive failed status reads before the launcher gives up on the API server
+# Events that say a controller could not create a pod or service: the training operator's on its
+# PyTorchJob, the Job controller's on a TrainJob's Jobs.
+STALL_REASONS = ("FailedCreate", "FailedCreatePod", "FailedCreateService")
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 class JobFailed(RuntimeError):
-    """The PyTorchJob (or the local torchrun) ended in failure."""
+    """The training job (or the local torchrun) ended in failure."""
 
 
 class JobTimeout(TimeoutError):
@@ -59,51 +68,106 @@ class LaunchResult:
     states: list[str] = field(default_factory=list)  # every reported state, in order
 
 
-def _state(job) -> str:
-    """The job's newest true condition (Created, Running, Restarting, Succeeded, Failed) and counts."""
-    status = job.status
-    conditions = [c for c in (status.conditions if status else None) or [] if c.status == "True"]
-    state = conditions[-1].type if conditions else "Pending"
-    replicas = (status.replica_statuses if status else None) or {}
-    counts = ", ".join(
-        f"{t}: {r.active or 0} active, {r.succeeded or 0} succeeded, {r.failed or 0} failed"
-        for t, r in sorted(replicas.items())
-    )
-    return f"{state}" + (f" ({counts})" if counts else "")
+@dataclass(frozen=True)
+class _Api:
+    """The clients one launch uses, and the job it watches."""
+
+    kind: backends.Kind
+    name: str
+    namespace: str
+    objects: Any  # kubernetes CustomObjectsApi
+    core: Any  # kubernetes CoreV1Api
+
+    @property
+    def where(self) -> str:
+        return f"{self.kind.kind} {self.namespace}/{self.name}"
+
+    def create(self, job: dict[str, Any]) -> None:
+        k = self.kind
+        self.objects.create_namespaced_custom_object(k.group, k.version, self.namespace, k.plural, job)
+
+    def get(self) -> dict[str, Any]:
+        k = self.kind
+        return self.objects.get_namespaced_custom_object(k.group, k.version, self.namespace, k.plural, self.name)
+
+    def delete(self) -> None:
+        k = self.kind
+        self.objects.delete_namespaced_custom_object(k.group, k.version, self.namespace, k.plural, self.name)
+
+    def pods(self) -> list[Any]:
+        selector = f"{self.kind.pod_label}={self.name}"
+        return self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
 
 
-def _failure_message(job) -> str:
-    failed = [c for c in (job.status.conditions or []) if c.type == "Failed" and c.status == "True"]
-    return (failed[-1].message or failed[-1].reason or "") if failed else ""
+def api_client(configuration: Any = None):
+    """A kubernetes ApiClient: ``configuration`` if given, else the pod's service account, else
+    the kubeconfig."""
+    from kubernetes import client, config
 
-
-def _master_log_tail(client, name: str, namespace: str) -> str:
+    if configuration is not None:
+        return client.ApiClient(configuration)
     try:
-        logs, _ = client.get_job_logs(name, namespace, is_master=True)
-    except Exception as e:  # noqa: BLE001 -- the failure itself is what must reach the user
-        return f"(master log unavailable: {e})"
-    return "\n".join("\n".join(text.splitlines()[-LOG_TAIL:]) for text in logs.values())
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def default_namespace() -> str:
+    """The launcher pod's own namespace, else the kubeconfig context's, else ``default``."""
+    if SERVICE_ACCOUNT_NAMESPACE.exists():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    from kubernetes import config
+
+    with contextlib.suppress(config.ConfigException, KeyError, TypeError):
+        _, context = config.list_kube_config_contexts()
+        return context["context"].get("namespace") or "default"
+    return "default"
+
+
+def own_pod(core, namespace: str, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """An ownerReference to the pod this runs in (KFP's launcher step), when it runs in one in
+    ``namespace``: deleting that pod then garbage-collects the job. None elsewhere."""
+    from kubernetes.client.rest import ApiException
+
+    if not SERVICE_ACCOUNT_NAMESPACE.exists():
+        return None
+    if SERVICE_ACCOUNT_NAMESPACE.read_text().strip() != namespace:
+        say(f"the job runs in {namespace}, not in this pod's namespace: it cannot be this pod's dependent")
+        return None
+    name = os.environ.get("BEVT_POD_NAME") or socket.gethostname()
+    try:
+        pod = core.read_namespaced_pod(name, namespace)
+    except ApiException as e:
+        say(f"cannot read this pod ({name}: {e.status} {e.reason}): the job will not be owned by it")
+        return None
+    return pod_owner(name, pod.metadata.uid)
+
+
+def pod_owner(name: str, uid: str) -> dict[str, Any]:
+    # Not a controller reference: the job's own controller (the operator, Trainer) is that.
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "blockOwnerDeletion": False}
 
 
 class _Stalls:
     """Since when each obstacle to starting the job has been seen: a pod the scheduler cannot place
-    (its PodScheduled condition is False with reason Unschedulable) or an operator event saying it
-    could not create a pod or service. An obstacle that goes away is forgotten."""
+    (its PodScheduled condition is False with reason Unschedulable) or an event saying a pod or
+    service could not be created. An obstacle that goes away is forgotten."""
 
     def __init__(self, limit_s: float):
         self.limit_s = limit_s
         self.since: dict[str, float] = {}
 
-    def check(self, client, name: str, namespace: str, now: float, say: Callable[[str], None]) -> str | None:
+    def check(self, api: _Api, now: float, say: Callable[[str], None]) -> str | None:
         """The message of an obstacle older than the limit, else None. A failed read (an API
         server blip, a Role without pods or events) is said and skipped: the job's own status
         still decides."""
         from kubernetes.client.rest import ApiException
 
         try:
-            seen = dict(_unschedulable_pods(client, name, namespace)) | dict(_failed_creates(client, name, namespace))
+            seen = dict(_unschedulable_pods(api)) | dict(_failed_creates(api))
         except ApiException as e:
-            say(f"PyTorchJob {namespace}/{name}: cannot read its pods and events ({e.status} {e.reason})")
+            say(f"{api.where}: cannot read its pods and events ({e.status} {e.reason})")
             return None
         self.since = {what: self.since.get(what, now) for what in seen}
         for what, first in self.since.items():
@@ -112,25 +176,62 @@ class _Stalls:
         return None
 
 
-def _unschedulable_pods(client, name: str, namespace: str):
-    pods = client.core_api.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
-    for pod in pods.items:
+def _unschedulable_pods(api: _Api) -> Iterator[tuple[str, str]]:
+    for pod in api.pods():
         for c in (pod.status.conditions if pod.status else None) or []:
             if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
                 yield f"pod {pod.metadata.name} unschedulable", c.message or c.reason
 
 
-def _failed_creates(client, name: str, namespace: str):
-    events = client.core_api.list_namespaced_event(
-        namespace, field_selector=f"involvedObject.kind=PyTorchJob,involvedObject.name={name}"
-    )
-    for e in events.items:
-        if e.reason in STALL_REASONS:
+def _failed_creates(api: _Api) -> Iterator[tuple[str, str]]:
+    # PyTorchJob: the operator's events on the job. TrainJob: the Job controller's on its Jobs,
+    # which the JobSet names "<trainjob>-<replicated job>-<index>".
+    kind = "Job" if api.kind is backends.TRAINJOB else api.kind.kind
+    selector = f"involvedObject.kind={kind}" + (f",involvedObject.name={api.name}" if kind != "Job" else "")
+    for e in api.core.list_namespaced_event(api.namespace, field_selector=selector).items:
+        if e.reason in STALL_REASONS and (kind != "Job" or e.involved_object.name.startswith(f"{api.name}-")):
             yield f"{e.reason}", e.message or e.reason
 
 
+def _failing_pod(pods: list[Any]) -> Any | None:
+    """The pod whose log explains a failure: a failed one, else one whose container exited
+    non-zero or restarted most, else the first (the master, node 0)."""
+
+    def badness(pod) -> tuple[int, int]:
+        statuses = (pod.status.container_statuses if pod.status else None) or []
+        exited = any(
+            (s.state and s.state.terminated and s.state.terminated.exit_code)
+            or (s.last_state and s.last_state.terminated and s.last_state.terminated.exit_code)
+            for s in statuses
+        )
+        failed = pod.status is not None and pod.status.phase == "Failed"
+        return (2 if failed else 1 if exited else 0, max((s.restart_count or 0 for s in statuses), default=0))
+
+    if not pods:
+        return None
+    pods = sorted(pods, key=lambda p: p.metadata.name)
+    return max(pods, key=badness)
+
+
+def _log_tail(api: _Api) -> str:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        pod = _failing_pod(api.pods())
+    except ApiException as e:
+        return f"(pods unavailable: {e.status} {e.reason})"
+    if pod is None:
+        return "(no pod left to read a log from)"
+    name = pod.metadata.name
+    try:
+        log = api.core.read_namespaced_pod_log(name, api.namespace, container=api.kind.container, tail_lines=LOG_TAIL)
+    except ApiException as e:
+        return f"log of {name}: unavailable ({e.status} {e.reason})"
+    return f"log of {name} (last {LOG_TAIL} lines):\n" + "\n".join(str(log).splitlines()[-LOG_TAIL:])
+
+
 def launch(
-    job,
+    job: dict[str, Any],
     namespace: str,
     timeout_s: float,
     poll_s: float = 10.0,
@@ -138,71 +239,87 @@ def launch(
     client_configuration: Any = None,
     say: Callable[[str], None] = print,
     stall_limit_s: float = STALL_LIMIT_S,
+    owner: dict[str, Any] | None = None,
 ) -> LaunchResult:
-    """Create ``job`` (a kubeflow-training ``KubeflowOrgV1PyTorchJob``) and wait for its end.
+    """Create ``job`` (a PyTorchJob or TrainJob manifest) and wait for its end.
 
-    ``namespace`` empty: the launcher pod's own (or the kubeconfig context's), as ``TrainingClient``
-    picks it. ``client_configuration``: a ``kubernetes.client.Configuration``; None uses the
-    in-cluster service account or ~/.kube/config. ``stall_limit_s``: how long a pod may stay
-    unschedulable, or uncreatable, before the job is given up (:class:`JobStalled`)."""
-    from kubeflow.training import TrainingClient
+    ``namespace`` empty: the launcher pod's own (or the kubeconfig context's).
+    ``client_configuration``: a ``kubernetes.client.Configuration``; None uses the in-cluster
+    service account or ~/.kube/config. ``stall_limit_s``: how long a pod may stay unschedulable,
+    or uncreatable, before the job is given up (:class:`JobStalled`). ``owner``: an ownerReference
+    for the job; None makes the launcher's own pod the owner when it runs in one."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError  # the API server unreachable (after the client's retries)
 
-    validate(to_dict(job))  # refuse locally what the API server or webhook would refuse
-    name = job.metadata.name
-    client = TrainingClient(
-        client_configuration=client_configuration, **({"namespace": namespace} if namespace else {})
+    kind = backends.BY_KIND[job["kind"]]
+    if kind is backends.PYTORCHJOB:
+        validate(job)  # refuse locally what the API server or webhook would refuse
+    namespace = namespace or default_namespace()
+    api_client_ = api_client(client_configuration)
+    api = _Api(
+        kind, job["metadata"]["name"], namespace, client.CustomObjectsApi(api_client_), client.CoreV1Api(api_client_)
     )
-    namespace = client.namespace
+    owner = owner or own_pod(api.core, namespace, say)
+    metadata = job["metadata"] | {"namespace": namespace}
+    if owner:
+        metadata["ownerReferences"] = [owner]
     start = time.monotonic()
-    result = LaunchResult(name, namespace, 0.0)
-    client.create_job(job=job, namespace=namespace)
-    say(f"PyTorchJob {namespace}/{name} created")
+    result = LaunchResult(api.name, namespace, 0.0)
+    try:
+        api.create(job | {"metadata": metadata})
+    except ApiException as e:
+        raise RuntimeError(f"Failed to create {api.where}: {e.status} {e.reason}: {_message(e)}") from None
+    say(f"{api.where} created" + (f", owned by pod {owner['name']}" if owner else ""))
     stalls = _Stalls(stall_limit_s)
     errors = 0
     previous = _raise_on_sigterm()
     try:
         while True:
             try:
-                current = client.get_job(name, namespace)
+                current = api.get()
                 errors = 0
-            except (RuntimeError, TimeoutError) as e:
+            except (ApiException, OSError, HTTPError) as e:
                 # An API server restart or network blip must not kill a days-long job: keep polling.
                 errors += 1
-                say(f"PyTorchJob {namespace}/{name}: status read failed ({errors}/{MAX_POLL_ERRORS}): {e}")
+                say(f"{api.where}: status read failed ({errors}/{MAX_POLL_ERRORS}): {e}")
                 if errors >= MAX_POLL_ERRORS:
-                    raise
+                    raise RuntimeError(f"Failed to get {api.where}: {e}") from None
                 time.sleep(poll_s)
                 continue
-            state = _state(current)
+            state = backends.state(current)
             if not result.states or state != result.states[-1]:
                 result.states.append(state)
-                say(f"PyTorchJob {namespace}/{name}: {state} after {time.monotonic() - start:.0f} s")
-            if state.startswith("Succeeded"):
+                say(f"{api.where}: {state} after {time.monotonic() - start:.0f} s")
+            done = backends.outcome(current)
+            if done == "succeeded":
                 result.seconds = time.monotonic() - start
                 return result
-            if state.startswith("Failed"):
-                raise JobFailed(
-                    f"PyTorchJob {namespace}/{name} failed: {_failure_message(current)}\n"
-                    f"master log (last {LOG_TAIL} lines):\n{_master_log_tail(client, name, namespace)}"
-                )
+            if done == "failed":
+                raise JobFailed(f"{api.where} failed: {backends.failure_message(current)}\n{_log_tail(api)}")
             # Also while Running: the Master may run while a Worker waits for a node.
-            stalled = stalls.check(client, name, namespace, time.monotonic(), say)
+            stalled = stalls.check(api, time.monotonic(), say)
             if stalled:
-                raise JobStalled(f"PyTorchJob {namespace}/{name} cannot start: {stalled}")
+                raise JobStalled(f"{api.where} cannot start: {stalled}")
             if time.monotonic() - start > timeout_s:
-                raise JobTimeout(
-                    f"PyTorchJob {namespace}/{name} not finished after {timeout_s:.0f} s (last state: {state}); deleted"
-                )
+                raise JobTimeout(f"{api.where} not finished after {timeout_s:.0f} s (last state: {state}); deleted")
             time.sleep(poll_s)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if not keep:
             try:
-                client.delete_job(name, namespace)
-                say(f"PyTorchJob {namespace}/{name} deleted")
-            except RuntimeError as e:  # already gone (e.g. deleted by a user): nothing left to clean
-                say(f"PyTorchJob {namespace}/{name}: delete failed: {e}")
+                api.delete()
+                say(f"{api.where} deleted")
+            except ApiException as e:  # already gone (e.g. deleted by a user): nothing left to clean
+                say(f"{api.where}: delete failed: {e.status} {e.reason}")
+
+
+def _message(e) -> str:
+    """The API server's message from an ApiException's JSON body (the body itself otherwise)."""
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return json.loads(e.body)["message"]
+    return str(e.body or e.reason)
 
 
 def _raise_on_sigterm():

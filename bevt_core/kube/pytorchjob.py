@@ -30,7 +30,8 @@ CONTAINER = "pytorch"  # the webhook requires this container name
 # Kubeflow profile namespaces inject an Istio sidecar into every pod; a sidecar never exits, so a
 # training pod with one never completes and its job never finishes (the operator's docs say so).
 POD_ANNOTATIONS = (("sidecar.istio.io/inject", "false"),)
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # the operator labels the job's pods and services with it
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # the operator labels the job's pods and services with it
 PORT_NAME = "pytorchjob-port"  # the operator reads MASTER_PORT from the container port of this name
 DEFAULT_PORT = 23456
 MASTER, WORKER = "Master", "Worker"
@@ -137,6 +138,11 @@ class JobSpec:
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[tuple[str, str, str], ...] = ()  # (key, value or "" for Exists, effect)
     labels: tuple[tuple[str, str], ...] = ()
+    # Gang scheduling, so that a Master cannot hold its GPUs while its Workers wait for theirs:
+    # a Kueue LocalQueue (Kueue admits the whole job or nothing), or a Volcano queue (a PodGroup of
+    # every replica; the operator must run with --gang-scheduler-name=volcano).
+    queue_name: str = ""
+    volcano_queue: str = ""
     port: int = DEFAULT_PORT
     run_as_user: int = 1000
 
@@ -182,7 +188,8 @@ def _container(spec: JobSpec):
     )
 
 
-def _pod_template(spec: JobSpec, replica_type: str):
+def pod_template(spec: JobSpec, replica_type: str):
+    """The pod of one replica type (a kubernetes client model): also what a TrainJob patches in."""
     from kubernetes import client as k
 
     volumes = [k.V1Volume(name="dshm", empty_dir=k.V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.shm_size))]
@@ -211,6 +218,12 @@ def _pod_template(spec: JobSpec, replica_type: str):
     )
 
 
+def job_labels(spec: JobSpec) -> dict[str, str]:
+    """The job object's labels (PyTorchJob or TrainJob)."""
+    queue = {KUEUE_QUEUE_LABEL: spec.queue_name} if spec.queue_name else {}
+    return dict(spec.labels) | {"app.kubernetes.io/part-of": "bevt"} | queue
+
+
 def render(spec: JobSpec):
     """The job as a kubeflow-training SDK object (what ``TrainingClient.create_job`` takes)."""
     from kubeflow.training import models as m
@@ -218,12 +231,12 @@ def render(spec: JobSpec):
 
     replicas = {
         MASTER: m.KubeflowOrgV1ReplicaSpec(
-            replicas=1, restart_policy=spec.restart_policy, template=_pod_template(spec, MASTER)
+            replicas=1, restart_policy=spec.restart_policy, template=pod_template(spec, MASTER)
         )
     }
     if spec.workers:
         replicas[WORKER] = m.KubeflowOrgV1ReplicaSpec(
-            replicas=spec.workers, restart_policy=spec.restart_policy, template=_pod_template(spec, WORKER)
+            replicas=spec.workers, restart_policy=spec.restart_policy, template=pod_template(spec, WORKER)
         )
     elastic = None
     if spec.elastic is not None:
@@ -240,11 +253,7 @@ def render(spec: JobSpec):
     job = m.KubeflowOrgV1PyTorchJob(
         api_version=API_VERSION,
         kind=KIND,
-        metadata=k.V1ObjectMeta(
-            name=spec.name,
-            namespace=spec.namespace or None,
-            labels=dict(spec.labels) | {"app.kubernetes.io/part-of": "bevt"},
-        ),
+        metadata=k.V1ObjectMeta(name=spec.name, namespace=spec.namespace or None, labels=job_labels(spec)),
         spec=m.KubeflowOrgV1PyTorchJobSpec(
             pytorch_replica_specs=replicas,
             nproc_per_node=str(spec.nproc_per_node),
@@ -254,6 +263,11 @@ def render(spec: JobSpec):
                 active_deadline_seconds=spec.active_deadline_s,
                 ttl_seconds_after_finished=spec.ttl_after_finished_s,
                 clean_pod_policy=spec.clean_pod_policy,
+                scheduling_policy=m.KubeflowOrgV1SchedulingPolicy(
+                    min_available=spec.workers + 1, queue=spec.volcano_queue
+                )
+                if spec.volcano_queue
+                else None,
             ),
         ),
     )

@@ -17,9 +17,16 @@ from typing import Any
 
 from bevt_core import images, stages, storage
 from bevt_core.config import from_dict, to_yaml
-from bevt_core.kube import kfp_io, launcher
-from bevt_core.kube.manifests import ENV_CONFIG_MAP, GPU_NODE_SELECTOR, GPU_TOLERATIONS, TRAINER_ACCOUNT, s3_env
-from bevt_core.kube.pytorchjob import Elastic, JobSpec, Resources, entrypoint, render
+from bevt_core.kube import backends, kfp_io, launcher, pytorchjob, trainjob
+from bevt_core.kube.manifests import (
+    ENV_CONFIG_MAP,
+    ENV_KEYS,
+    GPU_NODE_SELECTOR,
+    GPU_TOLERATIONS,
+    TRAINER_ACCOUNT,
+    s3_env,
+)
+from bevt_core.kube.pytorchjob import Elastic, JobSpec, Resources, entrypoint
 
 MODES = ("local", "kubernetes")
 
@@ -28,7 +35,8 @@ MODES = ("local", "kubernetes")
 class Placement:
     """Where and how big the distributed step runs."""
 
-    mode: str = "local"  # local: torchrun on this machine; kubernetes: a PyTorchJob
+    mode: str = "local"  # local: torchrun on this machine; kubernetes: a PyTorchJob or TrainJob
+    backend: str = "auto"  # kubernetes: pytorchjob, trainjob, or auto (what the cluster has; PyTorchJob first)
     nodes: int = 1  # kubernetes: Master + (nodes - 1) Workers
     gpus_per_node: int = 0  # kubernetes: GPUs per replica; torchrun starts one rank per GPU
     procs_per_node: int = 1  # ranks per node without GPUs; local mode: always the processes started here
@@ -45,10 +53,14 @@ class Placement:
     node_selector: tuple[tuple[str, str], ...] = GPU_NODE_SELECTOR
     tolerations: tuple[tuple[str, str, str], ...] = GPU_TOLERATIONS
     extra_env: tuple[tuple[str, str], ...] = ()
+    queue_name: str = ""  # Kueue LocalQueue (gang admission)
+    volcano_queue: str = ""  # Volcano queue (gang scheduling; PyTorchJob only)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode: must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.backend not in backends.CHOICES:
+            raise ValueError(f"backend: must be one of {', '.join(backends.CHOICES)}; got {self.backend!r}")
         if self.nodes < 1 or self.procs_per_node < 1 or self.gpus_per_node < 0:
             raise ValueError("nodes and procs_per_node must be >= 1, gpus_per_node >= 0")
         if self.elastic_min_nodes > self.nodes:
@@ -78,6 +90,8 @@ def job_spec(stage: str, args: tuple[str, ...], p: Placement) -> JobSpec:
         service_account=TRAINER_ACCOUNT,
         node_selector=p.node_selector if p.gpus_per_node else (),
         tolerations=p.tolerations if p.gpus_per_node else (),
+        queue_name=p.queue_name,
+        volcano_queue=p.volcano_queue,
     )
 
 
@@ -95,13 +109,10 @@ def run_stage(
     if placement.mode == "local":
         launcher.run_local(args, placement.procs_per_node, placement.timeout_s)
     else:
-        launcher.launch(
-            render(job_spec(stage, args, placement)),
-            placement.namespace,
-            placement.timeout_s,
-            say=say,
-            stall_limit_s=placement.stall_timeout_s,
-        )
+        kind = backends.detect(launcher.api_client(), placement.backend)
+        spec = job_spec(stage, args, placement)
+        job = pytorchjob.manifest(spec) if kind is backends.PYTORCHJOB else trainjob.manifest(spec, ENV_KEYS)
+        launcher.launch(job, placement.namespace, placement.timeout_s, say=say, stall_limit_s=placement.stall_timeout_s)
     return json.loads(storage.read_bytes(result_uri))
 
 
@@ -127,6 +138,9 @@ class TrainStep:
     image: str
     timeout_s: float
     stall_timeout_s: float
+    backend: str
+    queue_name: str
+    volcano_queue: str
 
     @classmethod
     def pick(cls, arguments: dict[str, Any]) -> TrainStep:
@@ -135,9 +149,6 @@ class TrainStep:
 
     def location(self, artifact: Any) -> str:
         return kfp_io.location(artifact, self.mode)
-
-    def weights(self, model: Any) -> str:
-        return kfp_io.weights(model, self.mode)
 
     def run(self, stage: str, inputs: dict[str, Any], model: Any, metrics: Any, report: Any) -> None:
         """``inputs``: the stage's data and init fields; the model artifact is its work directory."""
@@ -157,6 +168,9 @@ class TrainStep:
                 image=self.image,
                 timeout_s=self.timeout_s,
                 stall_timeout_s=self.stall_timeout_s,
+                backend=self.backend,
+                queue_name=self.queue_name,
+                volcano_queue=self.volcano_queue,
             ),
         )
         kfp_io.record_weights(model, result["weights"])

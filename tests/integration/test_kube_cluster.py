@@ -11,7 +11,6 @@ life and the launcher's view of it); what runs inside is tested by test_kube_con
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import re
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bevt_core.kube import launcher, step
+from bevt_core.kube import backends, launcher, manifests, step, trainjob
 from bevt_core.kube import pytorchjob as pj
 from tests.cluster import KWOK_EXIT_CODE, KWOK_OUTCOME, KWOK_REASON, KWOK_RUN_DURATION, Cluster
 from tests.unit.test_kube_pytorchjob import SCHEMA_CASES, WEBHOOK_CASES, mutated
@@ -62,7 +61,7 @@ def apply(cluster: Cluster, objects: list[dict], *args: str):
 @pytest.fixture
 def namespace(kube_cluster) -> str:
     """A fresh namespace with what the rendered jobs reference: the bevt-s3 Secret, the bevt-env
-    ConfigMap and the launcher's and trainer's accounts and Role (k8s/base/rbac.yaml)."""
+    ConfigMap, the launcher's Role and account, the trainer's account (k8s/base's RBAC)."""
     ns = f"t-{uuid.uuid4().hex[:8]}"
     kube_cluster.kubectl("create", "namespace", ns)
     kube_cluster.kubectl(
@@ -71,14 +70,15 @@ def namespace(kube_cluster) -> str:
     kube_cluster.kubectl(
         "-n", ns, "create", "configmap", "bevt-env", *(f"--from-literal={k}={v}" for k, v in ENV.items())
     )
-    kube_cluster.kubectl("-n", ns, "apply", "--server-side", "-f", str(REPO / "k8s" / "base" / "rbac.yaml"))
+    for rbac in ("-k", "launcher-role"), ("-k", "trainer-account"), ("-f", "base/rbac.yaml"):
+        kube_cluster.kubectl("-n", ns, "apply", "--server-side", rbac[0], str(REPO / "k8s" / rbac[1]))
     yield ns
     kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
-def job_status(cluster: Cluster, ns: str, name: str) -> str:
+def job_status(cluster: Cluster, ns: str, name: str, kind: str = "pytorchjob") -> str:
     """The job's newest true condition, or "" before it has one."""
-    job = get(cluster, "-n", ns, "pytorchjob", name)
+    job = get(cluster, "-n", ns, kind, name)
     conditions = [c for c in ((job or {}).get("status") or {}).get("conditions") or [] if c["status"] == "True"]
     return conditions[-1]["type"] if conditions else ""
 
@@ -122,14 +122,22 @@ def test_the_dev_overlay_applies_and_its_pretraining_job_succeeds(kube_cluster):
             "-n", "bevt-dev", "create", "secret", "generic", name, *(f"--from-literal={a}={b}" for a, b in data.items())
         )
     k.kubectl("-n", "bevt-dev", "create", "secret", "generic", "bevt-seaweedfs", "--from-literal=s3.json={}")
-    overlay = str(REPO / "k8s" / "overlays" / "dev")
-    # The whole overlay is admitted (the webhook sees both PyTorchJobs) ...
-    k.kubectl("apply", "--server-side", "--dry-run=server", "-k", overlay)
-    # ... then applied as README says: the services first, then the pretraining job alone.
-    k.kubectl("apply", "--server-side", "-k", overlay, "-l", "!bevt/stage")
-    k.kubectl("apply", "--server-side", "-k", overlay, "-l", "bevt/stage=pretrain-joint")
+    overlay = REPO / "k8s" / "overlays" / "dev"
+    # As README says: the overlay (services and ConfigMaps; it starts no job), then the pretraining job.
+    k.kubectl("apply", "--server-side", "-k", str(overlay))
+    assert not get(k, "-n", "bevt-dev", "pytorchjobs")["items"]
+    k.kubectl("apply", "--server-side", "-k", str(overlay / "pretrain-joint"))
+    # The finetuning job is admitted (the webhook sees it) but waits for pretraining to finish.
+    k.kubectl("apply", "--server-side", "--dry-run=server", "-k", str(overlay / "finetune"))
     wait_for(lambda: job_status(k, "bevt-dev", "bevt-pretrain-joint") == "Succeeded", "bevt-pretrain-joint Succeeded")
     assert get(k, "-n", "bevt-dev", "pytorchjob", "bevt-finetune") is None
+    # The same on Trainer v2: the TrainJob kustomizations, in the same order.
+    k.kubectl("apply", "--server-side", "-k", str(overlay / "trainjobs" / "pretrain-joint"))
+    k.kubectl("apply", "--server-side", "--dry-run=server", "-k", str(overlay / "trainjobs" / "finetune"))
+    wait_for(
+        lambda: job_status(k, "bevt-dev", "bevt-pretrain-joint", "trainjob") == "Complete",
+        "TrainJob bevt-pretrain-joint Complete",
+    )
     # The servers' Deployments come up on the CPU node; the GPU nodes' taint keeps them off those.
     k.kubectl("-n", "bevt-dev", "wait", "deployment", "--all", "--for=condition=Available", "--timeout=90s")
     pods = get(k, "-n", "bevt-dev", "pods", "-l", "!training.kubeflow.org/job-name")["items"]
@@ -138,22 +146,32 @@ def test_the_dev_overlay_applies_and_its_pretraining_job_succeeds(kube_cluster):
 
 def test_the_gpu_overlay_is_admitted(kube_cluster):
     kube_cluster.kubectl("create", "namespace", "bevt")
-    kube_cluster.kubectl("apply", "--server-side", "--dry-run=server", "-k", str(REPO / "k8s" / "overlays" / "gpu"))
+    overlay = REPO / "k8s" / "overlays" / "gpu"
+    jobs = [overlay / "pretrain-joint", overlay / "finetune", *(overlay / "trainjobs" / s for s in manifests.STAGES)]
+    for kustomization in (overlay, *jobs):
+        kube_cluster.kubectl(
+            "apply", "--server-side", "--dry-run=server", "--validate=strict", "-k", str(kustomization)
+        )
+
+
+# 8 GPUs per node, placed as the gpu overlay places them.
+GPU = {
+    "resources": pj.Resources(cpu="8", memory="64Gi", gpus=8),
+    "node_selector": (("nvidia.com/gpu.present", "true"),),
+    "tolerations": (("nvidia.com/gpu", "", "NoSchedule"),),
+    "nproc_per_node": 8,
+}
 
 
 @pytest.mark.parametrize(
     "kw",
     [
         {},
-        {
-            "resources": pj.Resources(cpu="8", memory="64Gi", gpus=8),
-            "node_selector": (("nvidia.com/gpu.present", "true"),),
-            "tolerations": (("nvidia.com/gpu", "", "NoSchedule"),),
-            "nproc_per_node": 8,
-        },
+        GPU,
         {"elastic": pj.Elastic(min_nodes=2, max_nodes=3)},
+        {"queue_name": "gpu-team", "volcano_queue": "training"},
     ],
-    ids=["cpu", "gpu", "elastic"],
+    ids=["cpu", "gpu", "elastic", "gang"],
 )
 def test_every_rendered_job_is_admitted(kube_cluster, namespace, kw):
     job = cpu_job("bevt-admitted", namespace, **kw)
@@ -247,10 +265,19 @@ def resolved_env(cluster: Cluster, ns: str, container: dict) -> dict[str, str]:
     names = [e["name"] for e in container.get("env") or []]
     assert len(names) == len(set(names)), f"duplicate env names: {names}"
     for e in container.get("env") or []:
-        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
-        if ref:
-            data = get(cluster, "-n", ns, "secret", ref["name"])["data"]
-            env[e["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        source = e.get("valueFrom") or {}
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[e["name"]] = base64.b64decode(
+                get(cluster, "-n", ns, "secret", ref["name"])["data"][ref["key"]]
+            ).decode()
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            data = get(cluster, "-n", ns, "configmap", ref["name"])["data"]
+            if ref["key"] in data or not ref.get("optional"):  # an optional key that is not there: no variable
+                env[e["name"]] = data[ref["key"]]
+        elif "fieldRef" in source:  # set per pod by the kubelet: the field it names
+            env[e["name"]] = source["fieldRef"]["fieldPath"]
         else:
             env[e["name"]] = e.get("value", "")
     return env
@@ -335,17 +362,9 @@ def launcher_config(cluster: Cluster, ns: str):
     return config
 
 
-def sdk_job(job: dict):
-    """The dict as the kubeflow-training SDK object the launcher takes."""
-    from kubeflow.training import ApiClient, models
-
-    api = ApiClient()
-    return api._ApiClient__deserialize(copy.deepcopy(job), models.KubeflowOrgV1PyTorchJob)
-
-
 def launch(cluster: Cluster, ns: str, job: dict, said: list[str], **kw) -> launcher.LaunchResult:
     return launcher.launch(
-        sdk_job(job),
+        job,
         ns,
         timeout_s=kw.pop("timeout_s", 120),
         poll_s=0.5,
@@ -366,12 +385,15 @@ def test_the_launcher_runs_a_job_to_success_and_deletes_it(kube_cluster, namespa
     wait_for(lambda: get(kube_cluster, "-n", namespace, "pytorchjob", "bevt-launch-ok") is None, "the job deleted")
 
 
-def test_the_launcher_fails_with_the_operator_message(kube_cluster, namespace):
+def test_the_launcher_fails_with_the_operator_message_and_names_the_failed_replica(kube_cluster, namespace):
     job = cpu_job("bevt-launch-fail", namespace, restart_policy="Never")
-    annotate(job, "Master", outcome="Failed", exit_code="3", reason="Error")
+    annotate(job, "Master", outcome="Running")
+    annotate(job, "Worker", outcome="Failed", exit_code="3", reason="Error")
     said: list[str] = []
-    with pytest.raises(launcher.JobFailed, match="bevt-launch-fail failed: .*Master replica"):
+    with pytest.raises(launcher.JobFailed, match="bevt-launch-fail failed: .*Worker replica") as failed:
         launch(kube_cluster, namespace, job, said)
+    # kwok serves no container logs; which pod's log was asked for is what this can show.
+    assert re.search(r"log of bevt-launch-fail-worker-\d: unavailable", str(failed.value)), str(failed.value)
     wait_for(lambda: get(kube_cluster, "-n", namespace, "pytorchjob", "bevt-launch-fail") is None, "the job deleted")
 
 
@@ -412,3 +434,95 @@ def test_the_launcher_account_cannot_do_what_it_does_not_need(kube_cluster, name
             "kubeflow.org", "v1", "default", "pytorchjobs", cpu_job("bevt-elsewhere", "default")
         )
     assert elsewhere.value.status == 403
+
+
+def test_a_killed_launcher_pod_takes_its_job_with_it(kube_cluster, namespace):
+    """The launcher step's pod owns the job: when that pod goes (a terminated KFP run, a deleted
+    workflow) without the launcher deleting the job, the garbage collector deletes it."""
+    k = kube_cluster
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "launcher-step", "namespace": namespace},
+        "spec": {"containers": [{"name": "main", "image": "launcher"}]},
+    }
+    apply(k, [pod])
+    uid = get(k, "-n", namespace, "pod", "launcher-step")["metadata"]["uid"]
+    job = annotate(cpu_job("bevt-owned", namespace), "Master", outcome="Running")
+    said: list[str] = []
+    with pytest.raises(launcher.JobTimeout):  # the launcher "dies" here, leaving its job (keep)
+        launch(k, namespace, job, said, timeout_s=3, keep=True, owner=launcher.pod_owner("launcher-step", uid))
+    assert get(k, "-n", namespace, "pytorchjob", "bevt-owned")["metadata"]["ownerReferences"][0]["uid"] == uid
+    k.kubectl("-n", namespace, "delete", "pod", "launcher-step", "--wait=false")
+    wait_for(lambda: get(k, "-n", namespace, "pytorchjob", "bevt-owned") is None, "the orphaned job collected", 90)
+    wait_for(lambda: not job_pods(k, namespace, "bevt-owned"), "and its pods", 90)
+
+
+# --- Kubeflow Trainer v2 -----------------------------------------------------------------------------
+
+
+def train_job(name: str, ns: str, **kw) -> dict:
+    placement = step.Placement(mode="kubernetes", nodes=2, namespace=ns, cpu="1", memory="1Gi", shm_size="1Gi")
+    spec = step.job_spec("pretrain-joint", ARGS, placement)
+    return trainjob.manifest(pj.JobSpec(**(vars(spec) | {"name": name} | kw)), manifests.ENV_KEYS)
+
+
+@pytest.mark.parametrize("kw", [{}, GPU], ids=["cpu", "gpu"])
+def test_every_rendered_trainjob_is_admitted_whole(kube_cluster, namespace, kw):
+    job = train_job("bevt-tj-admitted", namespace, **kw)
+    out = kube_cluster.kubectl(
+        "create", "--dry-run=server", "--validate=strict", "-o", "json", "-f", "-", input=json.dumps(job)
+    )
+    stored = json.loads(out.stdout)
+    assert stored["spec"]["trainer"] == job["spec"]["trainer"]
+    patch = stored["spec"]["runtimePatches"][0]
+    assert patch["manager"] == trainjob.PATCH_MANAGER
+    assert patch["trainingRuntimeSpec"] == job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]
+
+
+def test_the_launcher_runs_a_trainjob_whose_pods_get_the_topology_torchrun_reads(kube_cluster, namespace):
+    k = kube_cluster
+    api = launcher.api_client(launcher_config(k, namespace))
+    assert backends.detect(api) is backends.PYTORCHJOB  # both installed here: PyTorchJob first
+    assert backends.detect(api, "trainjob") is backends.TRAINJOB
+    job = train_job("bevt-tj", namespace)
+    said: list[str] = []
+    result = launch(k, namespace, job, said, keep=True)
+    assert result.states[-1].startswith("Complete (node: 0 active, 1 succeeded, 0 failed)"), result.states
+    pods = get(k, "-n", namespace, "pods", "-l", f"{trainjob.JOB_NAME_LABEL}=bevt-tj")["items"]
+    assert len(pods) == 2 and {p["spec"]["nodeName"] for p in pods} <= set(k.cpu_nodes)
+    for pod in pods:
+        assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+        assert pod["spec"]["serviceAccountName"] == "bevt-trainer"
+        (container,) = pod["spec"]["containers"]
+        env = resolved_env(k, namespace, container)
+        # Everything torchrun is told here (launcher.local_env) comes from Trainer's torch plugin.
+        assert set(launcher.local_env(1)) <= set(env)
+        assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "1"
+        assert env["PET_MASTER_ADDR"] == "bevt-tj-node-0-0.bevt-tj"
+        assert env["PET_NODE_RANK"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert env["AWS_SECRET_ACCESS_KEY"] == "SK" and env["MLFLOW_TRACKING_URI"] == ENV["MLFLOW_TRACKING_URI"]
+        assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/dev/shm"}
+
+
+def test_a_failing_trainjob_fails_the_launcher(kube_cluster, namespace):
+    job = train_job("bevt-tj-fail", namespace)
+    template = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    template["template"]["spec"]["template"]["metadata"]["annotations"] |= {KWOK_OUTCOME: "Failed"}
+    with pytest.raises(launcher.JobFailed, match="TrainJob .*/bevt-tj-fail failed: "):
+        launch(kube_cluster, namespace, job, [])
+    wait_for(lambda: get(kube_cluster, "-n", namespace, "trainjob", "bevt-tj-fail") is None, "the TrainJob deleted")
+
+
+@pytest.mark.parametrize("choice", ["auto", "pytorchjob", "trainjob"])
+def test_submit_checks_the_training_backend_on_the_cluster(kube_cluster, choice):
+    from tests.integration.test_pipeline_submit import PARAMS, FakeKfp, submit
+
+    fake = FakeKfp()
+    try:
+        result = submit(fake, kubeconfig=str(kube_cluster.kubeconfig), params=PARAMS | {"training_backend": choice})
+    finally:
+        fake.close()
+    kind = backends.TRAINJOB if choice == "trainjob" else backends.PYTORCHJOB
+    assert result.detail.endswith(f"; training jobs: {kind.kind} ({kind.api_version}))")
+    assert fake.calls()[-1][3]["runtime_config"]["parameters"]["training_backend"] == choice

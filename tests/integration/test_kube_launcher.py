@@ -21,13 +21,14 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from bevt_core.kube import launcher
+from bevt_core.kube import backends, launcher
 from bevt_core.kube import pytorchjob as pj
 from tests.services import free_port
 
 JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/(?P<ns>[^/]+)/pytorchjobs(?:/(?P<name>[^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods(?:/(?P<pod>[^/]+)/log)?$")
 EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
+GROUP_VERSION = re.compile(r"^/apis/(?P<gv>[^/]+/[^/]+)/?$")
 
 
 def condition(kind: str, message: str = "") -> dict:
@@ -44,8 +45,13 @@ def condition(kind: str, message: str = "") -> dict:
 class FakeKube:
     """Answers the PyTorchJob and pod endpoints; GET of the job walks through ``statuses``."""
 
-    def __init__(self, statuses: list[dict], master_log: str = "", failing_gets: int = 0):
+    def __init__(
+        self, statuses: list[dict], master_log: str = "", failing_gets: int = 0, pods: list[dict] | None = None
+    ):
         self.statuses, self.master_log, self.failing_gets = statuses, master_log, failing_gets
+        self.pods = pods  # the job's pods; default: its master, Failed
+        self.logs: dict[str, str] = {}  # by pod; default: master_log
+        self.served = {"kubeflow.org/v1": ("PyTorchJob", "pytorchjobs")}  # discovery: group/version -> kind
         self.requests: list[tuple[str, str, dict | None]] = []
         self.jobs: dict[str, dict] = {}
         self.events: list[dict] = []
@@ -87,15 +93,25 @@ class FakeKube:
                     return self._reply(200, fake.jobs[m["name"]] | {"status": status})
                 if m and self.command == "DELETE":
                     return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                gv = GROUP_VERSION.match(url.path)
+                if gv and gv["gv"] not in fake.served:
+                    return self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404})
+                if gv:
+                    kind, plural = fake.served[gv["gv"]]
+                    resource = {"name": plural, "singularName": "", "namespaced": True, "kind": kind, "verbs": ["get"]}
+                    return self._reply(
+                        200, {"kind": "APIResourceList", "groupVersion": gv["gv"], "resources": [resource]}
+                    )
                 if EVENTS.match(url.path):
                     return self._reply(200, {"kind": "EventList", "apiVersion": "v1", "items": fake.events})
                 if p and p["pod"] is None:
                     selector = parse_qs(url.query)["labelSelector"][0]
                     name = selector.split(",")[0].split("=")[1]
                     pod = {"metadata": {"name": pj.pod_name(name, "Master", 0)}, "status": {"phase": "Failed"}}
-                    return self._reply(200, {"kind": "PodList", "apiVersion": "v1", "items": [pod]})
+                    items = fake.pods if fake.pods is not None else [pod]
+                    return self._reply(200, {"kind": "PodList", "apiVersion": "v1", "items": items})
                 if p:
-                    return self._reply(200, fake.master_log, "text/plain")
+                    return self._reply(200, fake.logs.get(p["pod"], fake.master_log), "text/plain")
                 return self._reply(404, {"kind": "Status", "code": 404})
 
             do_GET = do_POST = do_DELETE = _handle
@@ -149,7 +165,7 @@ RUNNING = {
 def run(fake: FakeKube, timeout_s: float = 30, namespace: str = "ml", **kw) -> tuple[launcher.LaunchResult, list[str]]:
     said: list[str] = []
     result = launcher.launch(
-        pj.render(job_spec()),
+        pj.manifest(job_spec()),
         namespace,
         timeout_s=timeout_s,
         poll_s=0.05,
@@ -173,7 +189,8 @@ def test_success_creates_exactly_the_rendered_job_reports_states_and_cleans_up()
     with FakeKube(statuses) as fake:
         result, said = run(fake)
     (post,) = [body for m, _, body in fake.requests if m == "POST"]
-    assert post == pj.manifest(job_spec())
+    rendered = pj.manifest(job_spec())
+    assert post == rendered | {"metadata": rendered["metadata"] | {"namespace": "ml"}}
     assert fake.requests[0][1] == "/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs"
     assert fake.methods() == ["POST pytorchjobs"] + ["GET bevt-joint-abc"] * 4 + ["DELETE bevt-joint-abc"]
     assert result.states == [
@@ -208,6 +225,31 @@ def test_failure_raises_with_the_operator_message_and_the_master_log_and_cleans_
     assert pods[-1].startswith("/api/v1/namespaces/ml/pods/bevt-joint-abc-master-0/log?container=pytorch")
 
 
+def test_a_failure_quotes_the_log_of_the_replica_that_failed():
+    def pod(name: str, phase: str, exit_code: int = 0, restarts: int = 0) -> dict:
+        terminated = {"terminated": {"exitCode": exit_code}} if exit_code else {"running": {}}
+        status = {"name": "pytorch", "ready": False, "restartCount": restarts, "image": "i", "imageID": ""}
+        return {
+            "metadata": {"name": name},
+            "status": {"phase": phase, "containerStatuses": [status | {"lastState": terminated}]},
+        }
+
+    failed = {"conditions": [condition("Failed", "1 Worker replica(s) failed.")]}
+    pods = [
+        pod("bevt-joint-abc-master-0", "Running"),
+        pod("bevt-joint-abc-worker-0", "Running"),
+        pod("bevt-joint-abc-worker-1", "Running", exit_code=137, restarts=2),  # OOM-killed, restarting
+    ]
+    with (
+        FakeKube([failed], master_log="master: waiting for peers", pods=pods) as fake,
+        pytest.raises(launcher.JobFailed) as err,
+    ):
+        fake.logs["bevt-joint-abc-worker-1"] = "worker 1: Killed"
+        run(fake)
+    assert "log of bevt-joint-abc-worker-1 (last 40 lines):\nworker 1: Killed" in str(err.value)
+    assert "waiting for peers" not in str(err.value)
+
+
 def test_timeout_deletes_the_job_and_raises():
     with (
         FakeKube([RUNNING]) as fake,
@@ -239,6 +281,31 @@ def test_a_job_whose_pods_cannot_be_created_fails_after_the_stall_limit_and_is_d
     assert "fieldSelector=involvedObject.kind%3DPyTorchJob%2CinvolvedObject.name%3Dbevt-joint-abc" in events[0]
 
 
+def test_the_backend_is_what_the_cluster_serves_or_a_clear_error_before_anything_starts():
+    pytorchjobs = {"kubeflow.org/v1": ("PyTorchJob", "pytorchjobs")}
+    trainjobs = {"trainer.kubeflow.org/v1alpha1": ("TrainJob", "trainjobs")}
+    with FakeKube([]) as fake:
+        api = launcher.api_client(fake.configuration())
+        fake.served = pytorchjobs | trainjobs
+        assert backends.detect(api) is backends.PYTORCHJOB
+        assert backends.detect(api, "trainjob") is backends.TRAINJOB
+        fake.served = trainjobs  # a Kubeflow 1.11+ install: Trainer v2 only
+        assert backends.detect(api, "auto") is backends.TRAINJOB
+        with pytest.raises(backends.BackendMissing, match=r"no PyTorchJob \(kubeflow.org/v1\): install the Kubeflow"):
+            backends.detect(api, "pytorchjob")
+        fake.served = pytorchjobs
+        with pytest.raises(
+            backends.BackendMissing, match=r"install Kubeflow Trainer v2 .*, or choose backend pytorchjob"
+        ):
+            backends.detect(api, "trainjob")
+        fake.served = {}
+        with pytest.raises(backends.BackendMissing, match="neither PyTorchJob .* nor TrainJob"):
+            backends.detect(api)
+        with pytest.raises(ValueError, match="backend: must be one of auto, pytorchjob, trainjob"):
+            backends.detect(api, "mpijob")
+    assert not [m for m, _, _ in fake.requests if m != "GET"]
+
+
 def test_status_read_errors_are_survived_then_given_up_on():
     done = {"conditions": [condition("Succeeded")]}
     with FakeKube([RUNNING, done], failing_gets=3) as fake:
@@ -251,7 +318,7 @@ def test_status_read_errors_are_survived_then_given_up_on():
 
 def test_keep_leaves_the_job_for_inspection():
     with FakeKube([{"conditions": [condition("Succeeded")]}]) as fake:
-        job = pj.render(job_spec())
+        job = pj.manifest(job_spec())
         launcher.launch(
             job,
             "ml",
@@ -265,8 +332,8 @@ def test_keep_leaves_the_job_for_inspection():
 
 
 def test_an_invalid_job_never_reaches_the_api():
-    job = pj.render(job_spec())
-    job.spec.pytorch_replica_specs["Master"].replicas = 2
+    job = pj.manifest(job_spec())
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
     with FakeKube([RUNNING]) as fake, pytest.raises(pj.InvalidJob, match="Master.replicas: must be 1"):
         launcher.launch(job, "ml", timeout_s=5, client_configuration=fake.configuration(), say=lambda s: None)
     assert fake.requests == []
@@ -286,7 +353,7 @@ def test_a_refused_create_is_an_error_and_nothing_is_polled():
 
         handler.do_POST = conflict
         try:
-            with pytest.raises(RuntimeError, match="Failed to create PyTorchJob: ml/bevt-joint-abc"):
+            with pytest.raises(RuntimeError, match="Failed to create PyTorchJob ml/bevt-joint-abc: 409"):
                 run(fake)
         finally:
             handler.do_POST = original
@@ -343,7 +410,7 @@ from kubernetes import client
 from bevt_core.kube import launcher, pytorchjob as pj
 config = client.Configuration()
 config.host = sys.argv[1]
-job = pj.render(pj.JobSpec(name="bevt-joint-abc", image="i", args=("-m", "x")))
+job = pj.manifest(pj.JobSpec(name="bevt-joint-abc", image="i", args=("-m", "x")))
 launcher.launch(job, "ml", timeout_s=300, poll_s=0.1, client_configuration=config)
 """
 

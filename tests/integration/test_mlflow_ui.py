@@ -10,14 +10,13 @@ tests/artifacts/mlflow-ui.png and mlflow-ui-datasets.png (git-ignored).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
 import pytest
 
 from tests.conftest import REPO
 from tests.integration.conftest import PIPELINE_EXPERIMENT, PIPELINE_MODEL, PIPELINE_RUN, PIPELINE_STEPS
+from tests.services import apt_install
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +27,7 @@ def chromium() -> tuple[str, str]:
     the test: the UI check is part of the suite, not optional."""
     packages = ["chromium", "chromium-driver"]
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:  # package lists missing or stale
-            subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
-            done = subprocess.run(install, env=env, capture_output=True, text=True)
-            assert done.returncode == 0, f"apt-get install {' '.join(packages)} failed:\n{done.stderr[-3000:]}"
+        apt_install(packages)
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     assert binary and driver, f"{packages} installed but chromium / chromedriver not on PATH"
     return binary, driver

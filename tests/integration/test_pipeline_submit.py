@@ -1,8 +1,8 @@
 """`bevt pipeline submit` (kfp.Client) against a fake KFP API server on loopback.
 
 The real client code runs (kfp.Client, kfp_server_api, HTTP); the fake records the requests, so
-the test sees the experiment lookup, the run it creates (the compiled pipeline, the parameters,
-caching, service account, pipeline root) and the credentials it sends.
+the test sees the backend version check (healthz), the experiment lookup, the run it creates (the
+compiled pipeline, the parameters, caching, service account, pipeline root) and the credentials it sends.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bevt_core.config import from_dict
+from bevt_core.cli import main
+from bevt_core.config import ConfigError, from_dict
 from pipelines import cli as pipeline_cli
+from tests.integration.test_kube_launcher import FakeKube
 
 PARAMS = {
     "pretrain_videos": "s3://b/k400/pt.txt",
@@ -38,9 +40,20 @@ PARAMS = {
 }
 
 
+HEALTHZ = "/apis/v2beta1/healthz"
+# What the API server answers on healthz (backend/src/apiserver/main.go), and what the Kubeflow Pipelines
+# UI answers in front of it (frontend/server/handlers/healthz.ts).
+API_SERVER = {"commit_sha": "0a1b2c3", "tag_name": "2.15.0", "multi_user": True, "pipeline_store": "database"}
+
+
+def through_ui(tag: str) -> dict:
+    return {"apiServerCommitHash": "0a1b2c3", "apiServerTagName": tag, "apiServerReady": True, "frontendTagName": tag}
+
+
 class FakeKfp:
     def __init__(self):
         self.requests: list[tuple[str, str, dict[str, str], dict | None]] = []
+        self.healthz: dict | None = API_SERVER  # None: the endpoint is not there (404)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,7 +64,12 @@ class FakeKfp:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 fake.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                if self.path.startswith("/apis/v2beta1/experiments") and self.command == "GET":
+                if self.path == HEALTHZ and fake.healthz is None:
+                    self.send_error(404)
+                    return
+                if self.path == HEALTHZ:
+                    answer = fake.healthz
+                elif self.path.startswith("/apis/v2beta1/experiments") and self.command == "GET":
                     answer = {"experiments": []}
                 elif self.path.startswith("/apis/v2beta1/experiments"):
                     answer = {"experiment_id": "exp-1", "display_name": body["display_name"]}
@@ -73,6 +91,16 @@ class FakeKfp:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+    def calls(self) -> list[tuple[str, str, dict[str, str], dict | None]]:
+        """The requests besides the version check."""
+        return [r for r in self.requests if r[1] != HEALTHZ]
+
+
+@pytest.fixture(autouse=True)
+def no_kubeconfig(monkeypatch, tmp_path):
+    """This machine's own kubeconfig, if any, must not decide the training-backend check."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
 
 
 @pytest.fixture
@@ -103,8 +131,13 @@ def submit(fake: FakeKfp, **kw) -> pipeline_cli.PipelineResult:
 def test_submit_creates_the_experiment_and_a_run_of_the_compiled_pipeline(kfp_api, tmp_path, monkeypatch):
     monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
     result = submit(kfp_api, token="TOKEN-1", caching=False)
-    assert result.summary() == f"pipeline submit: run run-1 started on {kfp_api.host}"
-    (get_exp, post_exp, post_run) = kfp_api.requests
+    assert result.summary() == (
+        f"pipeline submit: run run-1 started on {kfp_api.host} "
+        "(KFP backend 2.15.0; training backend auto not checked (no kubeconfig))"
+    )
+    health, *_ = kfp_api.requests
+    assert health[:2] == ("GET", HEALTHZ) and health[2]["authorization"] == "Bearer TOKEN-1"
+    (get_exp, post_exp, post_run) = kfp_api.calls()
     assert get_exp[0] == "GET" and "namespace=team-ml" in get_exp[1] and "bevt-k400" in get_exp[1]
     assert post_exp[2]["authorization"] == "Bearer TOKEN-1"
     assert post_exp[3] == {"display_name": "bevt-k400", "namespace": "team-ml"}
@@ -118,7 +151,7 @@ def test_submit_creates_the_experiment_and_a_run_of_the_compiled_pipeline(kfp_ap
     assert config["parameters"]["nodes"] == 4 and config["parameters"]["distributed_mode"] == "kubernetes"
     assert [t["preset"] for t in config["parameters"]["finetune_tasks"]] == ["k400-swin-b", "ssv2-swin-b"]
 
-    compiled = pipeline_cli.compile_pipeline(str(tmp_path / "ir.yaml"))
+    compiled = pipeline_cli.compile_pipeline(str(tmp_path / "ir.yaml"), 1)
     spec, platform = yaml.safe_load_all(Path(compiled).read_text())
     sent = run["pipeline_spec"]
     assert sent["platform_spec"] == platform
@@ -148,3 +181,87 @@ def test_submit_with_a_session_cookie(kfp_api, monkeypatch):
         for t in dag["tasks"].values()
         if "parameterIterator" not in t
     )
+
+
+@pytest.mark.parametrize(
+    "answer", [{**API_SERVER, "tag_name": "2.5.0"}, through_ui("2.14.3")], ids=["api-server", "ui"]
+)
+def test_submit_refuses_an_older_backend_before_creating_anything(kfp_api, tmp_path, capsys, answer):
+    kfp_api.healthz = answer
+    config = tmp_path / "submit.yaml"
+    config.write_text(yaml.safe_dump({"params": PARAMS}))
+    with pytest.raises(SystemExit) as exit_:
+        main(["pipeline", "submit", "--host", kfp_api.host, "--config", str(config)])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    tag = answer.get("tag_name") or answer["apiServerTagName"]
+    assert f"backend at {kfp_api.host} is {tag}; this pipeline needs 2.15.0 or later" in error
+    assert "optional bevt-env ConfigMap" in error and "--no-check-backend" in error
+    if tag == "2.5.0":  # each feature it lacks, with the release that brought it
+        assert "2.14.0: retries with backoff in every step" in error and "2.4.0" not in error
+    assert kfp_api.calls() == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"commit_sha": "unknown", "tag_name": "unknown", "multi_user": False}, through_ui(""), None],
+    ids=["unknown-build", "ui-without-api-server", "no-endpoint"],
+)
+def test_submit_goes_ahead_when_the_backend_tells_no_version(kfp_api, monkeypatch, answer):
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    kfp_api.healthz = answer
+    result = submit(kfp_api)
+    assert "(KFP backend version not reported, not checked;" in result.detail
+    assert [r[:2] for r in kfp_api.calls()][-1] == ("POST", "/apis/v2beta1/runs")
+
+
+def test_submit_skips_the_check_when_told(kfp_api, monkeypatch):
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    kfp_api.healthz = {**API_SERVER, "tag_name": "2.2.0"}
+    result = submit(kfp_api, check_backend=False)
+    assert result.detail.endswith("(KFP backend and training backend not checked)")
+    assert HEALTHZ not in [r[1] for r in kfp_api.requests]
+    assert kfp_api.requests[-1][1] == "/apis/v2beta1/runs"
+
+
+def test_submit_compiles_the_loop_with_the_parallelism_asked(kfp_api, monkeypatch):
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    submit(kfp_api, finetune_parallelism=2)
+    spec = kfp_api.requests[-1][3]["pipeline_spec"]["pipeline_spec"]
+    (loop,) = [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 2}
+
+
+def kubeconfig_of(fake: FakeKube, path: Path) -> Path:
+    server = fake.configuration().host
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "T"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path
+
+
+def test_submit_refuses_a_training_backend_the_cluster_lacks_before_creating_anything(kfp_api, tmp_path, monkeypatch):
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    with FakeKube([]) as cluster:
+        cluster.served = {"trainer.kubeflow.org/v1alpha1": ("TrainJob", "trainjobs")}  # Kubeflow 1.11+
+        kubeconfig = str(kubeconfig_of(cluster, tmp_path / "kubeconfig"))
+        with pytest.raises(ConfigError, match=r"params.training_backend: this cluster has no PyTorchJob"):
+            submit(kfp_api, kubeconfig=kubeconfig, params=PARAMS | {"training_backend": "pytorchjob"})
+        assert kfp_api.calls() == []
+        result = submit(kfp_api, kubeconfig=kubeconfig)  # auto: what it has
+        assert result.detail.endswith("; training jobs: TrainJob (trainer.kubeflow.org/v1alpha1))")
+        assert kfp_api.calls()[-1][3]["runtime_config"]["parameters"]["training_backend"] == "auto"
+        monkeypatch.setenv("KUBECONFIG", kubeconfig)  # found without the option, as kubectl would
+        with pytest.raises(ConfigError, match="training_backend"):
+            submit(kfp_api, params=PARAMS | {"training_backend": "pytorchjob"})
+    with pytest.raises(ConfigError, match="kubeconfig: cannot load"):
+        submit(kfp_api, kubeconfig=str(tmp_path / "missing"))

@@ -242,3 +242,11 @@ def test_a_valid_manifest_has_no_problems_and_no_values_of_secrets():
     job = pj.manifest(spec(elastic=pj.Elastic(1, 4)))
     assert pj.schema_problems(job) == [] and pj.webhook_problems(job) == []
     assert "SK" not in repr(job) and "valueFrom" in repr(job)
+
+
+def test_gang_scheduling_options():
+    job = pj.manifest(spec(queue_name="gpu-team", volcano_queue="training"))
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team"
+    # Volcano's PodGroup: all four nodes or none, so a Master cannot sit on 8 GPUs waiting for Workers.
+    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 4, "queue": "training"}
+    assert "schedulingPolicy" not in pj.manifest(spec())["spec"]["runPolicy"]

@@ -98,10 +98,10 @@ def test_artifact_locations():
     )
     assert kfp_io.location(a) == "/minio/mlpipeline/v2/a/model"
     assert kfp_io.location(a, "kubernetes") == "s3://mlpipeline/v2/a/model"
-    assert kfp_io.weights(a, "kubernetes") == "s3://mlpipeline/v2/a/model/bevt_pretrain.pt"
+    assert kfp_io.weights_uri(a) == "s3://mlpipeline/v2/a/model/bevt_pretrain.pt"
     assert kfp_io.location(FakeArtifact(path="/p", uri="s3://b/k"), "kubernetes") == "s3://b/k"
     kfp_io.record_weights(a, "s3://mlpipeline/v2/a/model/recognizer.pt")
-    assert kfp_io.weights(a) == "/minio/mlpipeline/v2/a/model/recognizer.pt"
+    assert kfp_io.weights_uri(a) == "s3://mlpipeline/v2/a/model/recognizer.pt"
 
 
 def test_a_component_config_takes_its_plain_parameters_and_the_tracking_and_training_sections():
