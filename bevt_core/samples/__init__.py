@@ -8,6 +8,8 @@ What it produces, in a cache directory (``$BEVT_CACHE``, else ``~/.cache/bevt``)
 * ``tasks/<profile>-seed<seed>/`` (step *derive*, ``derive.py``): two labelled video tasks in
   K400 list format made from that footage: ``camera-motion`` (temporal, SSv2-like) and
   ``scene`` (appearance, K400-like).
+* ``tasks/<profile>-seed<seed>-pool-<clips>/`` (step *pool*, ``pool.py``, only when asked for): an
+  unlabelled pool of clips with random camera motion from the training sources only.
 
 Why: no labelled video data set ships in any registry, and the pipeline must be exercised on
 real decoders, real codecs and real bad files, not on random arrays.
@@ -35,8 +37,10 @@ from pathlib import Path
 
 from . import derive as _derive
 from . import fetch as _fetch
+from . import pool as _pool
+from .pool import Pool
 
-__all__ = ["SampleData", "VideoTask", "default_cache_dir", "prepare_samples"]
+__all__ = ["Pool", "SampleData", "VideoTask", "default_cache_dir", "prepare_pool", "prepare_samples"]
 
 
 @dataclass(frozen=True)
@@ -133,3 +137,13 @@ def prepare_samples(cache_dir: Path | str | None = None, seed: int = 0, profile:
         fallback_videos=[raw / f["path"] for f in manifest["fallback"]],
         manifest=raw / "fetch.json",
     )
+
+
+def prepare_pool(cache_dir: Path | str | None = None, seed: int = 0, profile: str = "demo", clips: int = 2000) -> Pool:
+    """The unlabelled pool of ``clips`` clips beside the sample tasks of (seed, profile), made once."""
+    data = prepare_samples(cache_dir, seed, profile)
+    tasks = data.camera_motion.root.parent
+    with _locked(data.cache_dir):
+        _remove_leftovers(data.cache_dir / "tasks")
+        manifest = json.loads(data.manifest.read_text())
+        return _pool.prepare_pool(tasks, data.cache_dir / "raw", manifest, seed, clips)

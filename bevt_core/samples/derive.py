@@ -149,17 +149,22 @@ def camera_params(centre: np.ndarray, static_idx: np.ndarray, cls: str) -> np.nd
     return params
 
 
+def hold_out_groups(sources: list[dict], fraction: float, rng: np.random.Generator) -> set[str]:
+    """Whole source groups, in ``rng``'s order, until they hold ``fraction`` of the sources (at least one)."""
+    groups = sorted({source["group"] for source in sources})
+    order = [groups[i] for i in rng.permutation(len(groups))]
+    need = max(1, math.ceil(fraction * len(sources)))
+    held: set[str] = set()
+    for group in order:
+        if sum(source["group"] in held for source in sources) >= need:
+            break
+        held.add(group)
+    return held
+
+
 def split_sources(sources: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """Camera-motion split by source group: about CM_VAL_FRACTION of the sources go to val."""
-    groups = sorted({source["group"] for source in sources})
-    rng = np.random.default_rng([seed, 7])
-    order = [groups[i] for i in rng.permutation(len(groups))]
-    need = max(1, math.ceil(CM_VAL_FRACTION * len(sources)))
-    val_groups: set[str] = set()
-    for group in order:
-        if sum(source["group"] in val_groups for source in sources) >= need:
-            break
-        val_groups.add(group)
+    val_groups = hold_out_groups(sources, CM_VAL_FRACTION, np.random.default_rng([seed, 7]))
     train = [source for source in sources if source["group"] not in val_groups]
     val = [source for source in sources if source["group"] in val_groups]
     if not train or not val:
@@ -308,7 +313,7 @@ def _static_crop(img: np.ndarray, ux: float, uy: float, ls: float) -> np.ndarray
 
 
 def render_frames(spec: dict, frames: dict[int, np.ndarray]) -> np.ndarray:
-    crop = _moving_crop if spec["task"] == "camera-motion" else _static_crop
+    crop = _static_crop if spec["task"] == "scene" else _moving_crop  # camera-motion, and the pool (pool.py)
     last = max(frames)
     clip = [crop(frames[min(idx, last)], ux, uy, ls) for idx, (ux, uy, ls) in zip(spec["frames"], spec["params"])]
     return np.stack(clip)

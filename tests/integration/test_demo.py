@@ -42,6 +42,11 @@ def test_demo_runs_the_pipeline_locally_and_resumes(samples, tmp_path, cli_env):
     for step in STEPS:
         assert f"  {step} (" in first.stdout, step
     assert f"mlflow ui --backend-store-uri sqlite:///{work / 'mlflow.db'}" in first.stdout
+    # Chance beside every accuracy, and what the numbers cannot carry (48 camera-motion val clips in CI).
+    for line in first.stdout.splitlines():
+        if "top-1" in line and line.startswith("  "):
+            assert "(chance " in line, line
+    assert "camera-motion 48 (2.1% each)" in first.stdout and "--design label-efficiency" in first.stdout
     assert "Downloading artifacts" not in first.stdout + first.stderr
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")

@@ -24,7 +24,7 @@ UNCHANGED = ("predict", "samples", "demo", "study", "pipeline")  # their fields 
 # reason: the joint stage's interval counts frames of the video and its token classifier starts fresh;
 # finetunes validate every 5 epochs; DALL-E runs in fp16 on GPUs; the SSv2 RandAugment is imgaug's, as in the
 # official recipe (it was timm's); a recipe gives the global batch and the accumulation follows from the world
-# size (the tiny finetunes' micro-batch is halved so that one and two ranks both split it).
+# size (the tiny finetunes' micro-batch is halved so that one and two ranks both split it); the study got designs.
 def _batching(global_batch: int) -> dict:
     return {("run", "global_batch"): global_batch, ("run", "accum_steps"): None, ("run", "scale_lr"): False}
 
@@ -42,7 +42,9 @@ CHANGED = {
     "finetune--ssv2-tiny": _batching(8) | {("run", "batch_size"): 4},
     "evaluate--ssv2-swin-b": {("clip", "rand_augment"): "imgaug-n4-m7"},
     "tokenize": {("precision",): "auto"},  # fp16 on a GPU, as the official tokenizer runs
-    "study": {("views",): [], ("online",): False},  # the views-against-online-targets comparison
+    # The views-against-online-targets comparison, and the label-efficiency design.
+    "study": {("views",): [], ("online",): False, ("design",): "arms", ("shots",): [2, 8, 0]}
+    | {("pool_clips",): 2000, ("pretrain_epochs",): 0.0, ("selection",): False},
 }
 
 CASES = {

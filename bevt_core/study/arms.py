@@ -1,4 +1,4 @@
-"""Stage ``study``: BEVT-mini, what each kind of pretraining buys on the sample tasks.
+"""The ``arms`` design: what each kind of pretraining buys on the sample tasks.
 
 The paper's ablation at small scale: the same finetune recipe started from four initialisations,
 on the temporal task (camera-motion, SSv2-like) and the appearance task (scene, K400-like):
@@ -8,9 +8,10 @@ on the temporal task (camera-motion, SSv2-like) and the appearance task (scene, 
 ``video``    the video stream alone, from a random init (``pretrain-joint`` without images: BEVT-V);
 ``joint``    BEVT: image stream, then both streams initialised from it.
 
-Every pretraining and finetuning run is repeated per seed; the table gives the mean and the spread
-(sample standard deviation) of single-view validation top-1. The data is sharded and tokenized
-with the demo's settings into the study's work dir (idempotent: a rerun reuses it).
+Pretraining uses the camera-motion training videos and the images. Every pretraining and
+finetuning run is repeated per seed; the table gives the mean and the spread (sample standard
+deviation) of single-view validation top-1. The data is sharded and tokenized with the demo's
+settings into the study's work dir (idempotent: a rerun reuses it).
 
 ``--views`` and ``--online`` add a second factor, the pretraining targets: each pretraining arm is
 run once per count of stored augmentation views (each count tokenized into its own directory with
@@ -19,51 +20,17 @@ the same fitted codebook) and, with ``--online``, with a fresh augmentation draw
 
 from __future__ import annotations
 
-import json
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bevt_core.config import at_least, from_dict, non_empty, option, to_dict
+from bevt_core.config import to_dict
 from bevt_core.samples import SampleData
-from bevt_core.samples.command import DataSettings, SamplesConfig
 from bevt_core.samples.command import run as fetch_samples
-from bevt_core.stages import finetune, pretrain_image, pretrain_joint, shard, tokenize
+from bevt_core.stages import shard, tokenize
 from bevt_core.stages.training import TrainStageResult
+from bevt_core.study import StudyConfig
+from bevt_core.study.common import TASKS, Cell, Pretraining, finetune_run, pretrain, save, shard_config, tokenize_config
 from bevt_core.tokenizers import CODEBOOK_FILE
-from bevt_core.tracking.config import TrackingConfig
-
-ARMS = ("scratch", "image", "video", "joint")
-UNTRACKED = {"uri": "none"}  # the study's many runs are summed up in study.json, not each in MLflow
-TASKS = {"camera-motion": "ssv2-tiny", "scene": "k400-tiny"}  # task -> finetune preset
-
-
-def arms_check(value) -> str | None:
-    unknown = [a for a in value if a not in ARMS]
-    return f"unknown arms {unknown}; choose from {', '.join(ARMS)}" if unknown else None
-
-
-@dataclass
-class StudyConfig:
-    work_dir: str = option("work/study", help="Where the study writes its runs, study.json, study.md and study.png.")
-    seeds: tuple[int, ...] = option(
-        (0, 1, 2), help="Seeds: each repeats every pretraining and finetuning run.", check=non_empty
-    )
-    arms: tuple[str, ...] = option(ARMS, help=f"Initialisations to compare: {', '.join(ARMS)}.", check=arms_check)
-    max_steps: int = option(
-        0,
-        help="Cut every pretraining and finetuning run to this many steps (0: the presets' "
-        "epochs); for smoke runs, not for numbers.",
-        check=at_least(0),
-    )
-    views: tuple[int, ...] = option(
-        (),
-        help="Stored augmentation views per sample to compare, one pretraining per count (empty: data.views only).",
-        check=lambda counts: "every count must be at least 1" if any(n < 1 for n in counts) else None,
-    )
-    online: bool = option(False, help="Also pretrain with online targets: a fresh augmentation on every read.")
-    samples: SamplesConfig = option(SamplesConfig, help="The sample data.")
-    data: DataSettings = option(DataSettings, help="Sharding and tokenizing (shards and tokens in work_dir/data).")
 
 
 @dataclass(frozen=True)
@@ -86,30 +53,6 @@ def target_variants(cfg: StudyConfig) -> list[Targets]:
 def is_plain(cfg: StudyConfig) -> bool:
     """Only the data's own stored views: cells and runs keep the plain arm names."""
     return target_variants(cfg) == [Targets(cfg.data.views)]
-
-
-@dataclass
-class Cell:
-    arm: str
-    task: str
-    targets: str = ""  # the Targets label; "" for scratch and for a study of the data's own views alone
-    top1: list[float] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return f"{self.arm} ({self.targets})" if self.targets else self.arm
-
-    @property
-    def slug(self) -> str:
-        return self.arm + (f"-{self.targets.replace(' ', '-')}" if self.targets else "")
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.top1)
-
-    @property
-    def spread(self) -> float:
-        return statistics.stdev(self.top1) if len(self.top1) > 1 else 0.0
 
 
 @dataclass
@@ -146,40 +89,20 @@ def tokens_dir(cfg: StudyConfig, prepared: Path, views: int) -> Path:
 
 def _pretrain(cfg: StudyConfig, prepared: Path, seed: int, targets: Targets) -> dict[str, TrainStageResult]:
     """The pretraining run behind each pretrained arm for one seed and one kind of targets."""
-    suffix = "" if is_plain(cfg) or targets == Targets(cfg.data.views) else f"-{targets.label.replace(' ', '-')}"
-
-    def stage(extra: dict, name: str) -> dict:
-        return {
-            "preset": "tiny",
-            **extra,
-            "targets": "online" if targets.online else "stored",
-            "run": {"work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / f"{name}{suffix}"), "seed": seed},
-            "schedule": {"max_steps": cfg.max_steps},
-            "tracking": UNTRACKED,
-        }
-
     shards, tokens = prepared / "shards", tokens_dir(cfg, prepared, targets.views)
-    video = {"videos": str(shards / "camera-motion" / "train"), "video_tokens": str(tokens / "camera-motion" / "train")}
-    images = {"images": str(shards / "images"), "image_tokens": str(tokens / "images")}
-    runs: dict[str, TrainStageResult] = {}
-    if {"image", "joint"} & set(cfg.arms):
-        runs["image"] = pretrain_image.run(
-            from_dict(pretrain_image.PretrainImageConfig, stage(images, "pretrain-image"))
-        )
-        if runs["image"].failed:
-            return runs
-    if "joint" in cfg.arms:
-        runs["joint"] = pretrain_joint.run(
-            from_dict(
-                pretrain_joint.PretrainJointConfig,
-                stage({**video, **images, "init": runs["image"].weights}, "pretrain-joint"),
-            )
-        )
-    if "video" in cfg.arms:
-        runs["video"] = pretrain_joint.run(
-            from_dict(pretrain_joint.PretrainJointConfig, stage(video, "pretrain-video"))
-        )
-    return runs
+    plan = Pretraining(
+        video={
+            "videos": str(shards / "camera-motion" / "train"),
+            "video_tokens": str(tokens / "camera-motion" / "train"),
+        },
+        images={"images": str(shards / "images"), "image_tokens": str(tokens / "images")},
+        work_dir=Path(cfg.work_dir) / f"seed{seed}",
+        seed=seed,
+        max_steps=cfg.max_steps,
+        online=targets.online,
+        suffix="" if is_plain(cfg) or targets == Targets(cfg.data.views) else f"-{targets.label.replace(' ', '-')}",
+    )
+    return pretrain(plan, cfg.arms)
 
 
 def _plot(result: StudyResult, path: Path) -> None:
@@ -211,42 +134,18 @@ def prepare(cfg: StudyConfig, data: SampleData, work: Path) -> str:
     share the tokenizer), once per count of stored views; returns what failed, or "". Both stages
     skip what is already done."""
     d = cfg.data
-    jobs = []
-    for task in (data.camera_motion, data.scene):
-        for split, listing in (("train", task.train_list), ("val", task.val_list)):
-            jobs.append(
-                (
-                    f"shard {task.name}/{split}",
-                    shard.ShardConfig(
-                        input=str(listing),
-                        root=str(task.root),
-                        classes=str(task.root / "classes.txt"),
-                        output=str(work / "shards" / task.name / split),
-                        modality="video",
-                        frame_interval=d.frame_interval,
-                        short_side=d.short_side,
-                        samples_per_shard=32,
-                        max_reject_rate=0.0,
-                        tracking=TrackingConfig("none"),
-                    ),
-                )
-            )
-    jobs.append(
+    jobs = [
         (
-            "shard images",
-            shard.ShardConfig(
-                input=str(data.images_list),
-                root=str(data.images_root),
-                output=str(work / "shards" / "images"),
-                modality="image",
-                short_side=d.short_side,
-                samples_per_shard=256,
-                max_reject_rate=0.0,
-                tracking=TrackingConfig("none"),
+            f"shard {task.name}/{split}",
+            shard_config(
+                str(listing), str(task.root), work / "shards" / task.name / split, d, str(task.root / "classes.txt")
             ),
         )
-    )
-    for name, stage_cfg in jobs:
+        for task in (data.camera_motion, data.scene)
+        for split, listing in (("train", task.train_list), ("val", task.val_list))
+    ]
+    images = shard_config(str(data.images_list), str(data.images_root), work / "shards" / "images", d, modality="image")
+    for name, stage_cfg in [*jobs, ("shard images", images)]:
         out = shard.run(stage_cfg)
         if out.failed:
             return f"{name}: {out.failed}"
@@ -254,42 +153,17 @@ def prepare(cfg: StudyConfig, data: SampleData, work: Path) -> str:
     fitted = work / "tokens" / sets[0] / CODEBOOK_FILE
     counts = [d.views] + [v for v in dict.fromkeys(cfg.views) if v != d.views]
     for views, name in ((v, n) for v in counts for n in sets):
-        tokenize.run(
-            tokenize.TokenizeConfig(
-                input=str(work / "shards" / name),
-                output=str(tokens_dir(cfg, work, views) / name),
-                tokenizer="codebook",
-                codebook="" if (views, name) == (d.views, sets[0]) else str(fitted),
-                codebook_size=d.codebook_size,
-                views=views,
-                crop=d.crop,
-                device="cpu",
-                tracking=TrackingConfig("none"),
-            )
-        )
+        codebook = "" if (views, name) == (d.views, sets[0]) else str(fitted)
+        tokenize.run(tokenize_config(work / "shards" / name, tokens_dir(cfg, work, views) / name, d, views, codebook))
     return ""
 
 
 def finetune_cell(
     cfg: StudyConfig, prepared: Path, seed: int, cell: Cell, init: TrainStageResult | None
 ) -> TrainStageResult:
-    return finetune.run(
-        from_dict(
-            finetune.FinetuneConfig,
-            {
-                "preset": TASKS[cell.task],
-                "train": str(prepared / "shards" / cell.task / "train"),
-                "val": str(prepared / "shards" / cell.task / "val"),
-                "init": init.weights if init else "",
-                "run": {
-                    "work_dir": str(Path(cfg.work_dir) / f"seed{seed}" / f"finetune-{cell.task}-{cell.slug}"),
-                    "seed": seed,
-                },
-                "schedule": {"max_steps": cfg.max_steps},
-                "tracking": UNTRACKED,
-            },
-        )
-    )
+    shards = prepared / "shards" / cell.task
+    work = Path(cfg.work_dir) / f"seed{seed}" / f"finetune-{cell.task}-{cell.slug}"
+    return finetune_run(cell.task, shards / "train", shards / "val", init, work, seed, cfg.max_steps)
 
 
 def run_seed(cfg: StudyConfig, prepared: Path, seed: int, result: StudyResult) -> str:
@@ -333,9 +207,7 @@ def write(result: StudyResult, cfg: StudyConfig, out: Path) -> None:
         "pretraining_last_losses": result.pretraining,
         "cells": cells,
     }
-    (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "study.md").write_text(f"# BEVT-mini\n\n{result.summary()}\n")
-    _plot(result, out / "study.png")
+    save(out, record, "BEVT-mini", result.summary(), lambda path: _plot(result, path))
 
 
 def run(cfg: StudyConfig) -> StudyResult:
