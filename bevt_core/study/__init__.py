@@ -72,6 +72,19 @@ class StudyConfig:
         help="label-efficiency: epochs of every pretraining over the pool and the images (0: the tiny recipes').",
         check=at_least(0.0),
     )
+    few_shot_steps: str = option(
+        "matched",
+        help="label-efficiency: how long a finetune on k clips per class runs. matched: as many optimizer steps "
+        "as the task's finetune on all its labels (the recipe's epochs and warmup stretched by all/k clips), so "
+        "that k changes the labels and not the optimisation; recipe: the recipe's epochs over the k clips.",
+        choices=("matched", "recipe"),
+    )
+    finetune_length: float = option(
+        0.5,
+        help="label-efficiency: every finetune's epochs and warmup as this share of its recipe's (camera-motion's "
+        "100 epochs on all labels are 1800 steps: the study's largest cost, sized to its 2-hour budget).",
+        check=at_least(0.01),
+    )
     selection: bool = option(
         False,
         help="label-efficiency: evaluate on a held-out part of the training sources instead of val, and "

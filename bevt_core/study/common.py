@@ -131,23 +131,29 @@ def pretrain(p: Pretraining, arms: tuple[str, ...]) -> dict[str, TrainStageResul
 
 
 def finetune_run(
-    task: str, train: Path, val: Path, init: TrainStageResult | None, work_dir: Path, seed: int, max_steps: int
+    task: str,
+    train: Path,
+    val: Path,
+    init: TrainStageResult | None,
+    work_dir: Path,
+    seed: int,
+    max_steps: int,
+    settings: dict | None = None,
 ) -> TrainStageResult:
-    """Finetune ``task``'s preset on the ``train`` shards from ``init`` (None: scratch), validated on ``val``."""
-    return finetune.run(
-        from_dict(
-            finetune.FinetuneConfig,
-            {
-                "preset": TASKS[task],
-                "train": str(train),
-                "val": str(val),
-                "init": init.weights if init else "",
-                "run": {"work_dir": str(work_dir), "seed": seed},
-                "schedule": {"max_steps": max_steps},
-                "tracking": UNTRACKED,
-            },
-        )
-    )
+    """Finetune ``task``'s preset on the ``train`` shards from ``init`` (None: scratch), validated on ``val``;
+    ``settings``: finetune settings in place of the preset's (a section's given keys replace its own)."""
+    config = {
+        "preset": TASKS[task],
+        "train": str(train),
+        "val": str(val),
+        "init": init.weights if init else "",
+        "run": {"work_dir": str(work_dir), "seed": seed},
+        "schedule": {"max_steps": max_steps},
+        "tracking": UNTRACKED,
+    }
+    for key, value in (settings or {}).items():
+        config[key] = config.get(key, {}) | value if isinstance(value, dict) else value
+    return finetune.run(from_dict(finetune.FinetuneConfig, config))
 
 
 def save(out: Path, record: dict, title: str, summary: str, plot: Callable[[Path], None]) -> None:

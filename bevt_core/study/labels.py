@@ -16,12 +16,14 @@ training span, finetuning on the clips that end before them (no frame shared, as
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bevt_core.config import to_dict
+from bevt_core.recipes import FINETUNE
 from bevt_core.samples import Pool, SampleData, VideoTask, prepare_pool
 from bevt_core.samples.command import run as fetch_samples
 from bevt_core.stages import shard, tokenize
@@ -123,6 +125,22 @@ def few_shot(listing: Path, shots: int, seed: int) -> list[str]:
     return [line for i, line in enumerate(lines) if i in keep]
 
 
+def finetune_settings(cfg: StudyConfig, task: str, clips: int, all_clips: int) -> dict:
+    """The settings of a finetune on ``clips`` of the task's ``all_clips`` labelled clips: the recipe's epochs
+    and warmup times ``finetune_length``, with ``few_shot_steps=matched`` stretched by all/k clips to the
+    all-labels run's steps; validated once, at the end (the study reports the last weights). Few-shot epochs
+    last a few steps, less than starting the loader's worker processes (done every epoch) costs: no workers."""
+    recipe = FINETUNE[TASKS[task]].schedule
+    stretch = cfg.finetune_length * (all_clips / clips if cfg.few_shot_steps == "matched" else 1.0)
+    settings: dict = {
+        "validate_every": 0,
+        "schedule": {"epochs": recipe.epochs * stretch, "warmup_epochs": recipe.warmup_epochs * stretch},
+    }
+    if clips < all_clips:
+        settings["run"] = {"workers": 0}
+    return settings
+
+
 Splits = dict[str, tuple[Path, Path]]  # task -> (training list, evaluation list)
 
 
@@ -210,8 +228,11 @@ def run_seed(cfg: StudyConfig, data: SampleData, splits: Splits, work: Path, see
             Path(cfg.work_dir) / f"seed{seed}" / f"finetune-{result.evaluated_on}-{cell.task}-k{cell.shots}-{cell.arm}"
         )
         evaluate = _labelled(work, cfg) / cell.task / "eval"
+        settings = finetune_settings(
+            cfg, cell.task, result.train_clips[cell.task][cell.shots], len(few_shot(splits[cell.task][0], 0, seed))
+        )
         tuned = finetune_run(
-            cell.task, shards[cell.task, cell.shots], evaluate, inits[cell.arm], where, seed, cfg.max_steps
+            cell.task, shards[cell.task, cell.shots], evaluate, inits[cell.arm], where, seed, cfg.max_steps, settings
         )
         if tuned.failed:
             return f"finetune {cell.task} (k={cell.shots}) from {cell.arm}, seed {seed}: {tuned.failed}"
@@ -248,7 +269,7 @@ def _plot(result: LabelResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write(result: LabelResult, cfg: StudyConfig, pool: Pool, out: Path) -> None:
+def write(result: LabelResult, cfg: StudyConfig, pool: Pool, out: Path, seconds: float) -> None:
     cells = [
         {"arm": c.arm, "task": c.task, "shots": c.shots, "top1": c.top1, "mean": c.mean, "std": c.spread}
         for c in result.cells
@@ -266,11 +287,13 @@ def write(result: LabelResult, cfg: StudyConfig, pool: Pool, out: Path) -> None:
         },
         "pretraining_last_losses": result.pretraining,
         "cells": cells,
+        "seconds": round(seconds, 1),  # this invocation's wall time; runs a rerun reused cost it nothing
     }
     save(out, record, "BEVT-mini: label efficiency", result.summary(), lambda path: _plot(result, path))
 
 
 def run(cfg: StudyConfig) -> LabelResult:
+    started = time.monotonic()
     data = fetch_samples(cfg.samples).data
     s = cfg.samples
     pool = prepare_pool(s.cache_dir or None, seed=s.seed, profile=s.profile, clips=cfg.pool_clips)
@@ -286,5 +309,5 @@ def run(cfg: StudyConfig) -> LabelResult:
             return result
         result.failed = run_seed(cfg, data, splits, work, seed, result)
     if not result.failed:
-        write(result, cfg, pool, out)
+        write(result, cfg, pool, out, time.monotonic() - started)
     return result

@@ -44,7 +44,8 @@ CHANGED = {
     "tokenize": {("precision",): "auto"},  # fp16 on a GPU, as the official tokenizer runs
     # The views-against-online-targets comparison, and the label-efficiency design.
     "study": {("views",): [], ("online",): False, ("design",): "arms", ("shots",): [2, 8, 0]}
-    | {("pool_clips",): 2000, ("pretrain_epochs",): 0.0, ("selection",): False},
+    | {("pool_clips",): 2000, ("pretrain_epochs",): 0.0, ("selection",): False}
+    | {("few_shot_steps",): "matched", ("finetune_length",): 0.5},
 }
 
 CASES = {
