@@ -29,7 +29,17 @@ from bevt_core.samples.command import run as fetch_samples
 from bevt_core.stages import shard, tokenize
 from bevt_core.stages.training import TrainStageResult
 from bevt_core.study import StudyConfig
-from bevt_core.study.common import TASKS, Cell, Pretraining, finetune_run, pretrain, save, shard_config, tokenize_config
+from bevt_core.study.common import (
+    TASKS,
+    Cell,
+    Pretraining,
+    finetune_run,
+    pretrain,
+    record,
+    save,
+    shard_config,
+    tokenize_config,
+)
 from bevt_core.tokenizers import CODEBOOK_FILE
 
 
@@ -180,9 +190,7 @@ def run_seed(cfg: StudyConfig, prepared: Path, seed: int, result: StudyResult) -
         tuned = finetune_cell(cfg, prepared, seed, cell, inits[cell.name])
         if tuned.failed:
             return f"finetune {cell.task} from {cell.name}, seed {seed}: {tuned.failed}"
-        cell.top1.append(tuned.val["top1"])
-        result.chance[cell.task] = tuned.val["chance"]
-        print(f"seed {seed}: {cell.task} from {cell.name}: val top-1 {tuned.val['top1']:.1%}", flush=True)
+        record(cell, tuned, result.chance, f"seed {seed}: {cell.task} from {cell.name}")
     return ""
 
 

@@ -156,6 +156,14 @@ def finetune_run(
     return finetune.run(from_dict(finetune.FinetuneConfig, config))
 
 
+def record(cell: Cell, tuned: TrainStageResult, chance: dict[str, float], run_name: str) -> None:
+    """A finished finetune's top-1 (on what it was evaluated on) into its cell, the task's chance into
+    ``chance``, and a line to follow."""
+    cell.top1.append(tuned.val["top1"])
+    chance[cell.task] = tuned.val["chance"]
+    print(f"{run_name}: top-1 {tuned.val['top1']:.1%}", flush=True)
+
+
 def save(out: Path, record: dict, title: str, summary: str, plot: Callable[[Path], None]) -> None:
     """A study's files: ``record`` as study.json, ``summary`` under ``title`` as study.md, the plot as study.png."""
     (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -28,7 +28,17 @@ from bevt_core.samples import Pool, SampleData, VideoTask, prepare_pool
 from bevt_core.samples.command import run as fetch_samples
 from bevt_core.stages import shard, tokenize
 from bevt_core.study import StudyConfig
-from bevt_core.study.common import TASKS, Cell, Pretraining, finetune_run, pretrain, save, shard_config, tokenize_config
+from bevt_core.study.common import (
+    TASKS,
+    Cell,
+    Pretraining,
+    finetune_run,
+    pretrain,
+    record,
+    save,
+    shard_config,
+    tokenize_config,
+)
 from bevt_core.tokenizers import CODEBOOK_FILE
 
 SCENE_SELECTION_FROM = 0.5  # --selection: scene evaluates on training clips starting at or after this share
@@ -223,22 +233,19 @@ def run_seed(cfg: StudyConfig, data: SampleData, splits: Splits, work: Path, see
         if run is not None and run.failed:
             return f"pretraining {arm}, seed {seed}: {run.failed}"
     result.pretraining[seed] = {arm: r.last for arm, r in inits.items() if r}
+    all_clips = {task: len(few_shot(train, 0, seed)) for task, (train, _) in splits.items()}
     for cell in result.cells:
         where = (
             Path(cfg.work_dir) / f"seed{seed}" / f"finetune-{result.evaluated_on}-{cell.task}-k{cell.shots}-{cell.arm}"
         )
         evaluate = _labelled(work, cfg) / cell.task / "eval"
-        settings = finetune_settings(
-            cfg, cell.task, result.train_clips[cell.task][cell.shots], len(few_shot(splits[cell.task][0], 0, seed))
-        )
+        settings = finetune_settings(cfg, cell.task, result.train_clips[cell.task][cell.shots], all_clips[cell.task])
         tuned = finetune_run(
             cell.task, shards[cell.task, cell.shots], evaluate, inits[cell.arm], where, seed, cfg.max_steps, settings
         )
         if tuned.failed:
             return f"finetune {cell.task} (k={cell.shots}) from {cell.arm}, seed {seed}: {tuned.failed}"
-        cell.top1.append(tuned.val["top1"])
-        result.chance[cell.task] = tuned.val["chance"]
-        print(f"seed {seed}: {cell.task}, k={cell.shots}, from {cell.arm}: top-1 {tuned.val['top1']:.1%}", flush=True)
+        record(cell, tuned, result.chance, f"seed {seed}: {cell.task}, k={cell.shots}, from {cell.arm}")
     return ""
 
 

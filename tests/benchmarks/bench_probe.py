@@ -37,8 +37,11 @@ from bevt_core.study.common import ARMS, TASKS
 from tests.benchmarks.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
-INITS = {"image": "pretrain-image/image_encoder.pt", "video": "pretrain-video/bevt_pretrain.pt"}
-INITS["joint"] = "pretrain-joint/bevt_pretrain.pt"
+INITS = {  # arm -> its pretraining weights in a seed's directory (scratch has none)
+    "image": "pretrain-image/image_encoder.pt",
+    "video": "pretrain-video/bevt_pretrain.pt",
+    "joint": "pretrain-joint/bevt_pretrain.pt",
+}
 
 
 def trunk(task: str, seed: int, init: Path | None) -> tuple[torch.nn.Module, FinetuneConfig]:
